@@ -1,0 +1,66 @@
+"""Maths shared by the update rules, so that each rule reads like its paper.
+
+Every function here is pure: tensors in, new tensors out, nothing modified in place. The
+arithmetic works whether ``step`` is a Python number (the usual path, no device sync) or a
+0-dim tensor on the parameters' device (the sync-free guarded path, see ``engine.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def ema(average: Tensor, value: Tensor, decay: float) -> Tensor:
+    """Exponential moving average ``decay * average + (1 - decay) * value``.
+
+    Written as ``lerp`` because that is how torch.optim computes first moments; using the same
+    primitive keeps float64 parity with it at the last bit rather than the last few bits.
+    """
+    return torch.lerp(average, value, 1 - decay)
+
+
+def ema_of_square(average: Tensor, value: Tensor, decay: float) -> Tensor:
+    """Exponential moving average of ``value**2``: ``decay * average + (1 - decay) * value**2``."""
+    return torch.addcmul(average * decay, value, value, value=1 - decay)
+
+
+def bias_correction(beta: float, step: float | Tensor) -> float | Tensor:
+    """``1 - beta**step``: the factor that un-biases a moment average started at zero."""
+    return 1 - beta**step
+
+
+def global_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """The 2-norm of all ``tensors`` seen as one vector, as a 0-dim tensor (no host sync).
+
+    Norms are accumulated in float32 or wider so that bf16 gradients do not overflow the sum.
+    """
+    if not tensors:
+        return torch.zeros(())
+    device = tensors[0].device
+    norms = [torch.linalg.vector_norm(t, dtype=_accumulation_dtype(t.dtype)) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+
+
+def clip_coefficient(total_norm: Tensor, max_norm: float) -> Tensor:
+    """``min(max_norm / (total_norm + 1e-6), 1)``, the factor torch.nn.utils.clip_grad_norm_ uses.
+
+    Kept as a tensor and applied unconditionally: branching on ``total_norm > max_norm`` would
+    force a device-to-host sync on every step.
+    """
+    return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+
+
+def all_finite(tensors: Sequence[Tensor]) -> Tensor:
+    """A 0-dim bool tensor: True when no element of any tensor is NaN or ±Inf (no host sync)."""
+    if not tensors:
+        return torch.ones((), dtype=torch.bool)
+    device = tensors[0].device
+    flags = [torch.isfinite(t).all().to(device) for t in tensors]
+    return torch.stack(flags).all()
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32

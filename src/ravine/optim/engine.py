@@ -1,0 +1,358 @@
+"""The engine that runs any chain of update stages as a ``torch.optim.Optimizer``.
+
+One ``step()``:
+
+1. gradient pre-processing shared by every optimizer: ``maximize``, the NaN/Inf guard,
+   clipping by value, clipping by global norm (one norm over every parameter the optimizer
+   holds, the same as ``torch.nn.utils.clip_grad_norm_(model.parameters())``);
+2. the optimizer's chain of stages (``transforms.py``) per parameter;
+3. ``param <- param - lr * u``.
+
+``p.grad`` is never modified: clipping and weight decay act on a copy, so what a user logs
+after ``step()`` is the raw gradient.
+
+NaN/Inf gradients (``nonfinite=``):
+
+* ``"raise"`` (default): the step is refused, parameters and state are left as they were, and
+  :class:`NonFiniteGradientError` names the offending parameters.
+* ``"skip"``: the step is refused and counted in :attr:`ChainOptimizer.skipped_steps`.
+* ``"ignore"``: no check (torch.optim's behaviour); saves one read of the gradients.
+
+On CPU the check is a plain branch. On an accelerator, branching would force a host sync on
+every step, so the update is computed unconditionally and committed through
+``torch.where(finite, new, old)``: a non-finite step leaves parameters and state unchanged
+without the host ever waiting. In ``"raise"`` mode the flag is copied to the host
+asynchronously and the error is raised at the start of the next ``step()`` (or by
+:meth:`ChainOptimizer.check_finite`), by which time the copy has long landed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ravine.optim._math import all_finite, clip_coefficient, global_norm
+from ravine.optim.transforms import Transform
+
+NONFINITE_POLICIES = ("raise", "skip", "ignore")
+
+#: Hyperparameters every ravine optimizer understands, on top of its own.
+COMMON_HYPERPARAMS: Mapping[str, Any] = {
+    "lr": 1e-3,
+    "maximize": False,
+    "max_grad_norm": None,  # clip the global gradient norm to this (None: off)
+    "clip_value": None,  # clip every gradient element to [-clip_value, clip_value] (None: off)
+}
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient contained NaN or Inf; the step was refused and nothing was changed."""
+
+
+class ChainOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` that runs a chain of update stages.
+
+    The named optimizers (:class:`ravine.optim.Adam`, ...) are subclasses that fix the chain and
+    spell out torch.optim's signature. Use this class directly to build your own rule::
+
+        >>> import torch
+        >>> from ravine.optim import ChainOptimizer, transforms
+        >>> w = torch.nn.Parameter(torch.ones(3))
+        >>> opt = ChainOptimizer([w], [transforms.HeavyBall(), transforms.AddDecoupledWeightDecay()],
+        ...                      lr=0.1, momentum=0.9, weight_decay=1e-2, decoupled_weight_decay=True)
+        >>> w.grad = torch.ones(3); _ = opt.step()
+
+    Args:
+        params: parameters or param-group dicts, as for any torch optimizer.
+        transforms: the chain of stages, applied in order.
+        nonfinite: what to do with a NaN/Inf gradient: ``"raise"``, ``"skip"`` or ``"ignore"``.
+        **hyperparams: defaults for the param groups; the stages' own defaults fill the rest.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        transforms: Sequence[Transform],
+        *,
+        nonfinite: str = "raise",
+        **hyperparams: Any,
+    ) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(
+                f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}; got {nonfinite!r}"
+            )
+        self.transforms = tuple(transforms)
+        self.nonfinite = nonfinite
+        defaults = dict(COMMON_HYPERPARAMS)
+        for stage in self.transforms:
+            for key, value in stage.hyperparams.items():
+                defaults.setdefault(key, value)
+        unknown = set(hyperparams) - set(defaults)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected hyperparameter(s) "
+                f"{', '.join(sorted(unknown))}; valid: {', '.join(sorted(defaults))}"
+            )
+        defaults.update(hyperparams)
+        self._skipped_host = 0
+        self._skipped_device: Tensor | None = None
+        self._pending_check: tuple[Tensor, Any, str] | None = None
+        # Tests flip this to exercise the accelerator's sync-free path on CPU.
+        self._force_guarded = False
+        super().__init__(params, defaults)
+
+    # -- param groups -----------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self.validate_group(self.param_groups[-1])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # load_state_dict goes through here; a state dict saved by torch.optim (or an older
+        # ravine) lacks ravine's own hyperparameters, which then take their defaults.
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+
+    def validate_group(self, group: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` naming the hyperparameter if ``group`` holds an invalid value."""
+        check_nonnegative(group, "lr")
+        for key in ("max_grad_norm", "clip_value"):
+            if group.get(key) is not None:
+                check_positive(group, key)
+
+    # -- the step ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one update; ``closure`` re-evaluates the loss, as in torch.optim."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.check_finite()
+
+        work = [
+            (group, [p for p in group["params"] if p.grad is not None])
+            for group in self.param_groups
+        ]
+        grads = [p.grad for _, params in work for p in params]
+        if not grads:
+            return loss
+        for p in (p for _, params in work for p in params):
+            _check_supported(p)
+        guarded = self.nonfinite != "ignore" and (
+            self._force_guarded or any(g.device.type != "cpu" for g in grads)
+        )
+
+        finite = None
+        if self.nonfinite != "ignore":
+            finite = all_finite(grads)
+            if not guarded and not bool(finite):
+                if self.nonfinite == "raise":
+                    raise NonFiniteGradientError(self._describe_nonfinite(work))
+                self._skipped_host += 1
+                return loss
+
+        clip_values = [
+            torch.clamp(g, -group["clip_value"], group["clip_value"])
+            if group["clip_value"] is not None
+            else g
+            for group, params in work
+            for g in (p.grad for p in params)
+        ]
+        total_norm = None
+        if any(group["max_grad_norm"] is not None for group, _ in work):
+            total_norm = global_norm(clip_values)
+
+        index = 0
+        for group, params in work:
+            for p in params:
+                grad = clip_values[index]
+                index += 1
+                if group["max_grad_norm"] is not None:
+                    grad = grad * clip_coefficient(total_norm, group["max_grad_norm"]).to(grad)
+                if group["maximize"]:
+                    grad = -grad
+                self._update_parameter(p, grad, group, finite if guarded else None)
+
+        if guarded:
+            self._after_guarded_step(finite, work)
+        return loss
+
+    def _update_parameter(
+        self, p: Tensor, grad: Tensor, group: Mapping[str, Any], finite: Tensor | None
+    ) -> None:
+        state = self.state[p]
+        if "step" not in state:
+            # setdefault: state loaded from a torch.optim state dict (SGD keeps no step) keeps
+            # its buffers and only gains what is missing.
+            state["step"] = torch.tensor(0.0, dtype=_step_dtype())
+            for stage in self.transforms:
+                for key, value in stage.init(p, group).items():
+                    state.setdefault(key, value)
+
+        if finite is None:
+            state["step"] += 1
+            step: float | Tensor = state["step"].item()  # host tensor: no device sync
+        else:
+            step = state["step"].to(p.device) + 1
+
+        u, new_state = grad, {}
+        view = _ChainedState(state, new_state)
+        for stage in self.transforms:
+            if stage.active(group):
+                u, produced = stage.update(u, p, view, group, step)
+                new_state.update(produced)
+
+        if finite is None:
+            p.add_(u, alpha=-group["lr"])
+            state.update(new_state)
+            return
+        p.copy_(torch.where(finite, p - group["lr"] * u, p))
+        for key, value in new_state.items():
+            # Absent state means zeros to every stage (see transforms._state), so a refused
+            # step that would have created a buffer leaves zeros in its place.
+            old = state.get(key)
+            if old is None:
+                old = torch.zeros_like(value)
+            state[key] = torch.where(finite, value, old)
+        state["step"] = torch.where(finite, step, state["step"].to(p.device))
+
+    # -- NaN / Inf bookkeeping ---------------------------------------------------------------
+
+    @property
+    def skipped_steps(self) -> int:
+        """How many steps were refused for NaN/Inf gradients (reading it syncs the device)."""
+        skipped = self._skipped_host
+        if self._skipped_device is not None:
+            skipped += int(self._skipped_device.item())
+        return skipped
+
+    def check_finite(self) -> None:
+        """Raise for a refused step whose check was deferred (guarded ``"raise"`` mode)."""
+        if self._pending_check is None:
+            return
+        flag, event, description = self._pending_check
+        self._pending_check = None
+        if event is not None:
+            event.synchronize()
+        if not bool(flag):
+            raise NonFiniteGradientError(
+                f"{description} (detected on the device; that step was not applied)"
+            )
+
+    def _after_guarded_step(self, finite: Tensor, work: list) -> None:
+        if self.nonfinite == "skip":
+            refused = (~finite).to(torch.int64)
+            self._skipped_device = (
+                refused if self._skipped_device is None else self._skipped_device + refused
+            )
+            return
+        description = "NaN or Inf in the gradients of " + ", ".join(
+            _param_label(group, p) for group, params in work for p in params
+        )
+        if finite.device.type == "cuda":
+            host = torch.empty((), dtype=torch.bool, pin_memory=True)
+            host.copy_(finite, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._pending_check = (host, event, description)
+        else:
+            self._pending_check = (finite.clone(), None, description)
+
+    def _describe_nonfinite(self, work: list) -> str:
+        bad = []
+        for group, params in work:
+            for p in params:
+                nan = int(torch.isnan(p.grad).sum())
+                inf = int(torch.isinf(p.grad).sum())
+                if nan or inf:
+                    bad.append(f"{_param_label(group, p)}: {nan} NaN, {inf} Inf")
+        return (
+            "non-finite gradient, step refused (parameters and state unchanged): "
+            + "; ".join(bad)
+            + ". Lower the learning rate, clip gradients (max_grad_norm=...), or pass "
+            "nonfinite='skip' to skip such steps."
+        )
+
+    def __repr__(self) -> str:
+        chain = " -> ".join(type(t).__name__ for t in self.transforms)
+        return f"{type(self).__name__}({chain}, groups={len(self.param_groups)})"
+
+
+class _ChainedState(Mapping):
+    """State as a later stage sees it: this step's new values over the committed ones."""
+
+    def __init__(self, committed: Mapping[str, Tensor], new: Mapping[str, Tensor]) -> None:
+        self._committed, self._new = committed, new
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self._new[key] if key in self._new else self._committed[key]
+
+    def __iter__(self):
+        return iter(set(self._committed) | set(self._new))
+
+    def __len__(self) -> int:
+        return len(set(self._committed) | set(self._new))
+
+
+def _check_supported(p: Tensor) -> None:
+    if p.grad.is_sparse:
+        raise ValueError("ravine optimizers do not support sparse gradients; use torch.optim here")
+    if torch.is_complex(p):
+        raise ValueError("ravine optimizers do not support complex parameters yet")
+
+
+def _param_label(group: Mapping[str, Any], p: Tensor) -> str:
+    names = group.get("param_names")
+    for i, q in enumerate(group["params"]):
+        if q is p:
+            name = names[i] if names else f"#{i}"
+            return f"parameter {name} {tuple(p.shape)}"
+    return f"parameter {tuple(p.shape)}"
+
+
+def _step_dtype() -> torch.dtype:
+    # The same convention as torch.optim, so step tensors in state dicts match.
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+# -- validation shared by the named optimizers ------------------------------------------------
+
+
+def _number(group: Mapping[str, Any], key: str) -> float:
+    value = group[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(group: Mapping[str, Any], key: str) -> None:
+    if not _number(group, key) >= 0 or math.isinf(group[key]):
+        raise ValueError(f"{key} must be a finite number >= 0, got {group[key]!r}")
+
+
+def check_positive(group: Mapping[str, Any], key: str) -> None:
+    if not _number(group, key) > 0 or math.isinf(group[key]):
+        raise ValueError(f"{key} must be a finite number > 0, got {group[key]!r}")
+
+
+def check_unit_interval(group: Mapping[str, Any], key: str, *, closed: bool = False) -> None:
+    value = _number(group, key)
+    if not (0 <= value <= 1 if closed else 0 <= value < 1):
+        interval = "[0, 1]" if closed else "[0, 1)"
+        raise ValueError(f"{key} must be in {interval}, got {value!r}")
+
+
+def check_betas(group: Mapping[str, Any]) -> None:
+    betas = group["betas"]
+    if not isinstance(betas, tuple | list) or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for name, beta in zip(("beta1", "beta2"), betas, strict=True):
+        check_unit_interval({f"betas[{name}]": beta}, f"betas[{name}]")

@@ -1,0 +1,112 @@
+"""Optimizers by name, and the ``name:key=value,...`` spec the CLI and configs use."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from typing import Any
+
+from ravine.optim.engine import ChainOptimizer
+from ravine.optim.optimizers import SGD, Adagrad, Adam, AdamW, Momentum, NAdam, Nesterov, RMSprop
+
+#: Short lowercase names; the mission's list, in the order tables show them.
+OPTIMIZERS: dict[str, type[ChainOptimizer]] = {
+    "sgd": SGD,
+    "momentum": Momentum,
+    "nesterov": Nesterov,
+    "adagrad": Adagrad,
+    "rmsprop": RMSprop,
+    "adam": Adam,
+    "adamw": AdamW,
+    "nadam": NAdam,
+}
+
+
+def optimizer_class(name: str) -> type[ChainOptimizer]:
+    """The class registered as ``name``; ``ValueError`` listing the valid names otherwise."""
+    key = name.strip().lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[key]
+
+
+def hyperparameter_names(name: str) -> list[str]:
+    """The keyword arguments optimizer ``name`` accepts (besides ``params``)."""
+    cls = optimizer_class(name)
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if klass is ChainOptimizer:
+            break
+        for p in inspect.signature(klass.__init__).parameters.values():
+            if p.name not in ("self", "params") and p.kind is not p.VAR_KEYWORD:
+                if p.name not in names:
+                    names.append(p.name)
+    return names
+
+
+def make_optimizer(name: str, params: Iterable[Any], **hyperparams: Any) -> ChainOptimizer:
+    """Build optimizer ``name`` over ``params``; unknown hyperparameters raise ``ValueError``."""
+    valid = hyperparameter_names(name)
+    unknown = [k for k in hyperparams if k not in valid]
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameter {unknown[0]!r} for optimizer {name!r}; "
+            f"valid: {', '.join(valid)}"
+        )
+    return optimizer_class(name)(params, **hyperparams)
+
+
+def parse_optimizer_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Parse ``"adam:lr=0.01,beta2=0.99,amsgrad=true"`` into ``("adam", {...})``.
+
+    Values are read as bool (``true``/``false``), int, float or ``none``; ``beta1``/``beta2``
+    set one entry of ``betas``. The name and keys are checked against the registry.
+    """
+    name, _, rest = spec.partition(":")
+    name = name.strip().lower()
+    optimizer_class(name)
+    kwargs: dict[str, Any] = {}
+    betas: dict[int, float] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"optimizer option {item!r} in {spec!r} is not key=value")
+        value = _parse_value(raw.strip(), key)
+        if key in ("beta1", "beta2"):
+            betas[int(key[-1]) - 1] = value
+            continue
+        kwargs[key] = value
+    if betas:
+        cls = optimizer_class(name)
+        default = inspect.signature(cls.__init__).parameters.get("betas")
+        if default is None:
+            raise ValueError(f"optimizer {name!r} has no betas; beta1/beta2 do not apply")
+        current = list(kwargs.get("betas", default.default))
+        for i, v in betas.items():
+            current[i] = v
+        kwargs["betas"] = tuple(current)
+    valid = hyperparameter_names(name)
+    for key in kwargs:
+        if key not in valid:
+            raise ValueError(
+                f"unknown hyperparameter {key!r} for optimizer {name!r}; valid: "
+                f"{', '.join([*valid, 'beta1', 'beta2'] if 'betas' in valid else valid)}"
+            )
+    return name, kwargs
+
+
+def _parse_value(raw: str, key: str) -> Any:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            pass
+    if key == "nonfinite":
+        return raw
+    raise ValueError(f"value of {key!r} must be a number, true/false or none; got {raw!r}")
