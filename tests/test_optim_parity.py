@@ -51,7 +51,13 @@ CASES = [
         {"lr": 0.1, "lr_decay": 0.01, "weight_decay": 1e-2, "initial_accumulator_value": 0.1},
         {"lr": 0.05, "eps": 1e-6},
     ),
-    ("rmsprop", ro.RMSprop, torch.optim.RMSprop, {"lr": 0.01, "weight_decay": 1e-2}, {"alpha": 0.9}),
+    (
+        "rmsprop",
+        ro.RMSprop,
+        torch.optim.RMSprop,
+        {"lr": 0.01, "weight_decay": 1e-2},
+        {"alpha": 0.9},
+    ),
     (
         "rmsprop-centered-momentum",
         ro.RMSprop,
@@ -215,7 +221,10 @@ def test_lr_changed_between_steps_is_used_like_torch():
     sched_ours = torch.optim.lr_scheduler.StepLR(opt_ours, step_size=7, gamma=0.5)
     sched_theirs = torch.optim.lr_scheduler.StepLR(opt_theirs, step_size=7, gamma=0.5)
     for step in range(30):
-        for opt, params, sched in ((opt_ours, ours, sched_ours), (opt_theirs, theirs, sched_theirs)):
+        for opt, params, sched in (
+            (opt_ours, ours, sched_ours),
+            (opt_theirs, theirs, sched_theirs),
+        ):
             _step(opt, params, step)
             opt.step()
             sched.step()

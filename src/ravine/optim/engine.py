@@ -201,7 +201,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             state["step"] += 1
             step: float | Tensor = state["step"].item()  # host tensor: no device sync
         else:
-            step = state["step"].to(p.device) + 1
+            # float64 so that beta**step is as exact as the host path's Python float.
+            step = state["step"].to(p.device, torch.float64) + 1
 
         u, new_state = grad, {}
         view = _ChainedState(state, new_state)
@@ -222,7 +223,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             if old is None:
                 old = torch.zeros_like(value)
             state[key] = torch.where(finite, value, old)
-        state["step"] = torch.where(finite, step, state["step"].to(p.device))
+        previous = state["step"].to(p.device)
+        state["step"] = torch.where(finite, step.to(previous.dtype), previous)
 
     # -- NaN / Inf bookkeeping ---------------------------------------------------------------
 

@@ -19,7 +19,7 @@ Rules every stage follows, so that one engine can run any chain on any storage:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -34,7 +34,7 @@ class Transform:
     """One stage of an update rule. Subclasses override ``update`` (and ``init`` if stateful)."""
 
     #: Group hyperparameters this stage reads, with their defaults.
-    hyperparams: Mapping[str, Any] = {}
+    hyperparams: ClassVar[Mapping[str, Any]] = {}
 
     def active(self, group: Group) -> bool:
         """Whether this stage does anything for ``group`` (e.g. weight decay of 0 does not)."""
@@ -60,7 +60,10 @@ class AddWeightDecay(Transform):
     AdamW (Loshchilov & Hutter 2019). Inactive when ``decoupled_weight_decay`` is set.
     """
 
-    hyperparams = {"weight_decay": 0.0, "decoupled_weight_decay": False}
+    hyperparams: ClassVar[Mapping[str, Any]] = {
+        "weight_decay": 0.0,
+        "decoupled_weight_decay": False,
+    }
 
     def active(self, group: Group) -> bool:
         return group["weight_decay"] != 0 and not group.get("decoupled_weight_decay", False)
@@ -76,7 +79,10 @@ class AddDecoupledWeightDecay(Transform):
     torch.optim's ``param *= 1 - lr * weight_decay`` applied before the step.
     """
 
-    hyperparams = {"weight_decay": 0.0, "decoupled_weight_decay": False}
+    hyperparams: ClassVar[Mapping[str, Any]] = {
+        "weight_decay": 0.0,
+        "decoupled_weight_decay": False,
+    }
 
     def active(self, group: Group) -> bool:
         return group["weight_decay"] != 0 and group.get("decoupled_weight_decay", False)
@@ -93,7 +99,11 @@ class HeavyBall(Transform):
         u \\leftarrow b_t \\ \\text{or, with nesterov,}\\ u_t + \\mu b_t
     """
 
-    hyperparams = {"momentum": 0.0, "dampening": 0.0, "nesterov": False}
+    hyperparams: ClassVar[Mapping[str, Any]] = {
+        "momentum": 0.0,
+        "dampening": 0.0,
+        "nesterov": False,
+    }
 
     def active(self, group: Group) -> bool:
         return group["momentum"] != 0
@@ -123,7 +133,11 @@ class ScaleByAdagrad(Transform):
         u \\leftarrow \\frac{u_t}{(\\sqrt{s_t} + \\epsilon)(1 + (t - 1)\\,\\text{lr\\_decay})}
     """
 
-    hyperparams = {"lr_decay": 0.0, "initial_accumulator_value": 0.0, "eps": 1e-10}
+    hyperparams: ClassVar[Mapping[str, Any]] = {
+        "lr_decay": 0.0,
+        "initial_accumulator_value": 0.0,
+        "eps": 1e-10,
+    }
 
     def init(self, param, group):
         return {"sum": torch.full_like(param, group["initial_accumulator_value"])}
@@ -146,7 +160,12 @@ class ScaleByRMS(Transform):
         u \\leftarrow u_t / d_t \\ \\text{or, with momentum,}\\ b_t = \\mu b_{t-1} + u_t / d_t
     """
 
-    hyperparams = {"alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "centered": False}
+    hyperparams: ClassVar[Mapping[str, Any]] = {
+        "alpha": 0.99,
+        "eps": 1e-8,
+        "momentum": 0.0,
+        "centered": False,
+    }
 
     def init(self, param, group):
         state = {"square_avg": torch.zeros_like(param)}
@@ -184,7 +203,11 @@ class ScaleByAdam(Transform):
     (Reddi et al. 2018). Epsilon is added *outside* the square root, after bias correction.
     """
 
-    hyperparams = {"betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": False}
+    hyperparams: ClassVar[Mapping[str, Any]] = {
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "amsgrad": False,
+    }
 
     def init(self, param, group):
         state = {"exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
@@ -223,7 +246,11 @@ class ScaleByNAdam(Transform):
     :math:`1-\\beta_1^t` here: the :math:`\\prod \\mu_i` products play that role.
     """
 
-    hyperparams = {"betas": (0.9, 0.999), "eps": 1e-8, "momentum_decay": 4e-3}
+    hyperparams: ClassVar[Mapping[str, Any]] = {
+        "betas": (0.9, 0.999),
+        "eps": 1e-8,
+        "momentum_decay": 4e-3,
+    }
 
     def init(self, param, group):
         return {
