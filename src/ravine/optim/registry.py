@@ -38,9 +38,9 @@ def hyperparameter_names(name: str) -> list[str]:
         if klass is ChainOptimizer:
             break
         for p in inspect.signature(klass.__init__).parameters.values():
-            if p.name not in ("self", "params") and p.kind is not p.VAR_KEYWORD:
-                if p.name not in names:
-                    names.append(p.name)
+            wanted = p.name not in ("self", "params") and p.kind is not p.VAR_KEYWORD
+            if wanted and p.name not in names:
+                names.append(p.name)
     return names
 
 
