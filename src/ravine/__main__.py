@@ -1,0 +1,7 @@
+"""``python -m ravine`` runs the command line."""
+
+import sys
+
+from ravine.cli.main import main
+
+sys.exit(main())

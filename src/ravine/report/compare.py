@@ -1,0 +1,232 @@
+"""What ``ravine compare`` leaves behind: ranked tables (terminal, CSV, JSON), arrays, figures."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from ravine.study.compare import CompareResult, Summary
+
+SUMMARY_COLUMNS = (
+    "problem",
+    "rank",
+    "optimizer",
+    "successes",
+    "starts",
+    "success_rate",
+    "median_steps",
+    "median_final_loss",
+    "best_final_loss",
+    "median_distance",
+    "diverged",
+)
+
+
+def fmt(value: float) -> str:
+    """A number as a table shows it: 3 significant digits, 'never' for inf, '-' for NaN."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if math.isinf(value):
+            return "never" if value > 0 else "-inf"
+        if value == int(value) and abs(value) < 1e6:
+            return str(int(value))
+        return f"{value:.3g}"
+    return str(value)
+
+
+def summary_tables(result: CompareResult) -> list[Table]:
+    """One rich table per problem, best optimizer first."""
+    from rich.table import Table
+
+    tables = []
+    for spec, problem in result.problems.items():
+        rows = [s for s in result.summary if s.problem == spec]
+        goal = (
+            f"escape below {problem.target:g}"
+            if problem.escape
+            else f"loss within {problem.target - (problem.min_value or 0):.0e} of the minimum"
+        )
+        table = Table(
+            title=f"{spec}: {problem.description}",
+            caption=f"success = {goal}; {result.config.starts} starts, "
+            f"{result.config.steps} steps; medians over starts",
+            title_justify="left",
+        )
+        table.add_column("#", justify="right")
+        table.add_column("optimizer")
+        table.add_column("success", justify="right")
+        table.add_column("steps to escape" if problem.escape else "steps to tol", justify="right")
+        table.add_column("final loss", justify="right")
+        table.add_column("best loss", justify="right")
+        if not problem.escape:
+            table.add_column("dist. to min", justify="right")
+        table.add_column("diverged", justify="right")
+        for row in rows:
+            cells = [
+                str(row.rank),
+                row.optimizer,
+                f"{row.successes}/{row.starts}",
+                fmt(row.median_steps),
+                fmt(row.median_final_loss),
+                fmt(row.best_final_loss),
+            ]
+            if not problem.escape:
+                cells.append(fmt(row.median_distance))
+            cells.append(str(row.diverged) if row.diverged else "")
+            table.add_row(*cells, style="bold" if row.rank == 1 else None)
+        tables.append(table)
+    return tables
+
+
+def write_compare_outputs(
+    result: CompareResult, out: str | os.PathLike[str], *, plots: bool = True, fmt: str = "png"
+) -> list[Path]:
+    """Write ``summary.csv``, ``summary.json``, ``runs.npz`` and, with ``plots``, one trajectory
+    figure per 2-D problem and one loss-curve figure per problem. Returns the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [
+        _write_csv(result, out / "summary.csv"),
+        _write_json(result, out / "summary.json"),
+        _write_arrays(result, out / "runs.npz"),
+    ]
+    if plots:
+        written += _write_plots(result, out, fmt)
+    return written
+
+
+def _summary_record(row: Summary) -> dict[str, Any]:
+    record = dataclasses.asdict(row)
+    record["success_rate"] = row.success_rate
+    return {k: _jsonable(record[k]) for k in SUMMARY_COLUMNS}
+
+
+def _write_csv(result: CompareResult, path: Path) -> Path:
+    with _atomic(path) as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        for row in result.summary:
+            writer.writerow(_summary_record(row))
+    return path
+
+
+def _write_json(result: CompareResult, path: Path) -> Path:
+    config = result.config
+    document = {
+        "config": {
+            "optimizers": [
+                {"label": o.label, "name": o.name, "hyperparams": _jsonable(dict(o.hyperparams))}
+                for o in config.optimizers
+            ],
+            "problems": list(config.problems),
+            "starts": config.starts,
+            "steps": config.steps,
+            "seed": config.seed,
+        },
+        "summary": [_summary_record(row) for row in result.summary],
+        "runs": [
+            {
+                "problem": run.problem,
+                "optimizer": run.optimizer,
+                "target": run.target,
+                "final_loss": _jsonable(run.final_loss.tolist()),
+                "steps_to_target": _jsonable(run.steps_to_target.tolist()),
+                "distance": _jsonable(run.distance.tolist()),
+                "success": run.success.tolist(),
+                "diverged": run.diverged.tolist(),
+            }
+            for run in result.runs
+        ],
+    }
+    with _atomic(path) as handle:
+        json.dump(document, handle, indent=2)
+    return path
+
+
+def _write_arrays(result: CompareResult, path: Path) -> Path:
+    arrays = {}
+    for run in result.runs:
+        arrays[f"{run.problem}/{run.optimizer}/positions"] = run.positions
+        arrays[f"{run.problem}/{run.optimizer}/losses"] = run.losses
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_plots(result: CompareResult, out: Path, suffix: str) -> list[Path]:
+    from ravine.report.plots import plot_loss_curves, plot_trajectories
+
+    written = []
+    for index, (spec, problem) in enumerate(result.problems.items(), start=1):
+        runs = result.runs_for(spec)
+        stem = f"{index:02d}-{_slug(spec)}"
+        if problem.dim == 2:
+            written.append(
+                plot_trajectories(
+                    problem,
+                    {run.optimizer: run.positions for run in runs},
+                    out / f"{stem}-trajectories.{suffix}",
+                    title=f"{spec}: {result.config.starts} starts per optimizer",
+                )
+            )
+        offset = 0.0 if problem.min_value is None else problem.min_value
+        written.append(
+            plot_loss_curves(
+                f"{spec}: loss per step (median, 10-90% band over starts)",
+                {run.optimizer: run.losses - offset for run in runs},
+                out / f"{stem}-loss.{suffix}",
+                target=problem.target - offset,
+                log=not problem.escape,
+                ylabel="loss" if offset == 0.0 else "loss - minimum",
+            )
+        )
+    return written
+
+
+class _atomic:
+    """Write a text file through a temporary sibling and rename it into place."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self):
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        self.handle = os.fdopen(fd, "w", newline="", encoding="utf-8")
+        return self.handle
+
+    def __exit__(self, kind, value, traceback) -> None:
+        self.handle.close()
+        if kind is None:
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no inf/NaN; null says "never reached" / "no minimum" without breaking parsers.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
