@@ -7,8 +7,24 @@
     >>> sched = ravine.schedules.CosineWarmRestarts(opt, t0=10, t_mult=2)
 """
 
-from ravine import init, optim, problems, schedules
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "init", "optim", "problems", "schedules"]
+
+_SUBMODULES = {"init", "optim", "problems", "schedules"}
+
+
+def __getattr__(name: str) -> Any:
+    # Submodules load on first use so that `ravine --help` does not pay for importing torch.
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"ravine.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'ravine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _SUBMODULES)

@@ -942,13 +942,14 @@ class LoadRecord:
         loaded: names whose values were copied into the model.
         missing: model entries absent from the source (left as they were).
         unexpected: source entries the model does not have (ignored).
-        shape_mismatched: name -> (model's shape, source's shape); left as they were.
+        shape_mismatched: name -> (model's shape, source's shape); left as they were. The
+            model's shape is None for an uninitialized lazy parameter.
     """
 
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-    shape_mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(
+    shape_mismatched: dict[str, tuple[tuple[int, ...] | None, tuple[int, ...]]] = field(
         default_factory=dict
     )
 

@@ -6,6 +6,7 @@ from ravine.report.plots import (
     optimizer_colors,
     plot_loss_curves,
     plot_trajectories,
+    plot_trajectory_grid,
 )
 
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "optimizer_colors",
     "plot_loss_curves",
     "plot_trajectories",
+    "plot_trajectory_grid",
 ]

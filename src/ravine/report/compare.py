@@ -35,6 +35,8 @@ SUMMARY_COLUMNS = (
 
 def fmt(value: float) -> str:
     """A number as a table shows it: 3 significant digits, 'never' for inf, '-' for NaN."""
+    if isinstance(value, int):
+        return str(value)
     if isinstance(value, float):
         if math.isnan(value):
             return "-"
@@ -60,25 +62,28 @@ def summary_tables(result: CompareResult) -> list[Table]:
         )
         table = Table(
             title=f"{spec}: {problem.description}",
-            caption=f"success = {goal}; {result.config.starts} starts, "
-            f"{result.config.steps} steps; medians over starts",
+            caption=f"success: {goal}. steps: median steps to get there. final, best: "
+            "median and best final loss."
+            + ("" if problem.escape else " dist: median distance to the nearest minimum.")
+            + f" div.: starts that diverged. {result.config.starts} starts, "
+            f"{result.config.steps} steps each.",
             title_justify="left",
         )
         table.add_column("#", justify="right")
-        table.add_column("optimizer")
+        table.add_column("optimizer", no_wrap=True)
         table.add_column("success", justify="right")
-        table.add_column("steps to escape" if problem.escape else "steps to tol", justify="right")
-        table.add_column("final loss", justify="right")
-        table.add_column("best loss", justify="right")
+        table.add_column("steps", justify="right")
+        table.add_column("final", justify="right")
+        table.add_column("best", justify="right")
         if not problem.escape:
-            table.add_column("dist. to min", justify="right")
-        table.add_column("diverged", justify="right")
+            table.add_column("dist", justify="right")
+        table.add_column("div.", justify="right")
         for row in rows:
             cells = [
                 str(row.rank),
                 row.optimizer,
                 f"{row.successes}/{row.starts}",
-                fmt(row.median_steps),
+                fmt(round(row.median_steps) if math.isfinite(row.median_steps) else math.inf),
                 fmt(row.median_final_loss),
                 fmt(row.best_final_loss),
             ]

@@ -22,6 +22,7 @@ import re
 import textwrap
 import zlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "optimizer_colors",
     "plot_loss_curves",
     "plot_trajectories",
+    "plot_trajectory_grid",
 ]
 
 # One fixed colour per well-known optimizer (matplotlib's tab10), so "adam" is red everywhere.
@@ -125,7 +127,13 @@ def plot_trajectories(
     max_starts: int | None = None,
     resolution: int = 300,
 ) -> Path:
-    """Draw each optimizer's paths over the contour map of a 2-D ``problem``; save and return path.
+    """Draw every optimizer's paths over one contour map of a 2-D ``problem``; save, return path.
+
+    Best with few paths: ``max_starts=1`` gives the classic "SGD vs momentum vs Adam" figure.
+    With up to 12 paths, dots along each path every ``k`` steps (``k`` a round number, the same
+    for every path, given in the legend) show where an optimizer moves fast and where it
+    crawls. Many paths (every start of many optimizers) are drawn thinner and fainter, with no
+    step dots; ``plot_trajectory_grid`` gives each optimizer its own panel instead.
 
     Args:
       problem: a 2-D ``AnalyticProblem``; the map covers ``problem.bounds``.
@@ -145,66 +153,33 @@ def plot_trajectories(
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    if problem.dim != 2:
-        raise ValueError(f"problem must be 2-D to plot trajectories, got dim={problem.dim}")
-    if max_starts is not None and (isinstance(max_starts, bool) or int(max_starts) < 1):
-        raise ValueError(f"max_starts must be a positive integer or None, got {max_starts!r}")
-    if int(resolution) < 2:
-        raise ValueError(f"resolution must be >= 2, got {resolution!r}")
-    paths = {
-        str(name): _as_trajectories(str(name), value, max_starts)
-        for name, value in trajectories.items()
-    }
+    paths = _check_trajectories(problem, trajectories, max_starts, resolution)
     colors = optimizer_colors(paths)
-    (x_lo, x_hi), (y_lo, y_hi) = problem.bounds
-    lo, hi = np.array([x_lo, y_lo]), np.array([x_hi, y_hi])
+    n_lines = sum(len(runs) for runs in paths.values())
+    stride = _dot_stride(paths) if n_lines <= _MAX_DOTTED_LINES else None
 
     fig = Figure(figsize=(7.6, 5.6), layout="constrained")
     ax = fig.add_subplot()
-    _draw_contours(fig, ax, problem, int(resolution))
+    contours = _contour_map(problem, int(resolution))
+    _add_colorbar(fig, _draw_map(ax, contours), ax, contours)
 
     handles: list[Any] = []
     any_diverged = False
-    for name, runs in paths.items():  # runs: (starts, steps + 1, 2)
+    for name, runs in paths.items():
         color = colors[name]
-        diverged = 0
-        for run in runs:
-            xy, stopped = _clip_path(run, lo, hi)
-            if len(xy) == 0:
-                continue
-            ax.plot(xy[:, 0], xy[:, 1], color=color, lw=1.4, alpha=0.85, zorder=3)
-            ax.plot(*xy[-1], "o", ms=3.5, color=color, zorder=4)
-            ax.plot(*xy[0], ls="", zorder=5, **_START)
-            if stopped:
-                diverged += 1
-                ax.plot(*xy[-1], ls="", color=color, zorder=5, **_DIVERGED)
+        diverged = _draw_runs(ax, problem, runs, color, stride=stride, crowd=n_lines)
         any_diverged |= diverged > 0
         label = name if not diverged else f"{name} ({diverged}/{len(runs)} diverged)"
-        handles.append(Line2D([], [], color=color, lw=2, marker="o", ms=3.5, label=label))
-    if paths:
-        n = max(len(runs) for runs in paths.values())
-        handles.insert(0, Line2D([], [], ls="", label=f"start ({n} per optimizer)", **_START))
+        handles.append(Line2D([], [], color=color, lw=2, marker="o", ms=4, label=label))
+    _draw_landmarks(ax, problem)
 
-    minima = problem.minima.numpy()  # (k, 2)
-    if len(minima):
-        ax.plot(minima[:, 0], minima[:, 1], ls="", zorder=6, **_MINIMUM)
-        label = "global minimum" if len(minima) == 1 else "global minima"
-        handles.append(Line2D([], [], ls="", label=label, **_MINIMUM))
-    saddles = problem.saddle_points.numpy()  # (s, 2)
-    if len(saddles):
-        ax.plot(saddles[:, 0], saddles[:, 1], ls="", zorder=6, **_SADDLE)
-        handles.append(Line2D([], [], ls="", label="saddle point", **_SADDLE))
-    if problem.escape:
-        label = f"escaped: f < {problem.target:g}"
-        handles.append(Line2D([], [], color="black", lw=1.2, ls="--", label=label))
-    if any_diverged:
-        label = "diverged (last finite point)"
-        handles.append(Line2D([], [], ls="", color="black", label=label, **_DIVERGED))
-
-    ax.set_xlim(x_lo, x_hi)
-    ax.set_ylim(y_lo, y_hi)
-    if 1 / 3 <= (y_hi - y_lo) / (x_hi - x_lo) <= 3:
-        ax.set_aspect("equal")
+    n_starts = max((len(runs) for runs in paths.values()), default=0)
+    handles = [
+        *_start_handle(n_starts, "start" if n_starts == 1 else f"start ({n_starts} per optimizer)"),
+        *handles,
+        *_landmark_handles(problem, any_diverged=any_diverged, stride=stride),
+    ]
+    _frame(ax, problem)
     ax.set_xlabel("$x_1$")
     ax.set_ylabel("$x_2$")
     ax.set_title(
@@ -213,6 +188,143 @@ def plot_trajectories(
     if handles:
         fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False)
     return _save(fig, path)
+
+
+def plot_trajectory_grid(
+    problem: AnalyticProblem,
+    trajectories: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    columns: int = 4,
+    max_starts: int | None = None,
+    resolution: int = 200,
+) -> Path:
+    """Small multiples: one panel per optimizer with its paths from every start; save, return path.
+
+    Panels follow the dict's order, ``columns`` to a row, over the same contour map (computed
+    once) with shared axes, so runs compare at a glance: 8 optimizers make a 2 x 4 grid. Each
+    panel is titled with the optimizer's name in its colour and how many of its runs reached
+    ``problem.target`` (escaped, for problems unbounded below), counted as ``ravine compare``
+    counts successes: bounded runs must still be there at the last step, and a run that turns
+    non-finite first counts as diverged. Starts, minima, saddle points and diverged endpoints
+    are marked as in ``plot_trajectories``; one colour bar and one legend serve every panel.
+
+    Args:
+      problem: a 2-D ``AnalyticProblem``; every panel covers ``problem.bounds``.
+      trajectories: ``{optimizer name: array (starts, steps + 1, 2)}`` (numpy or torch).
+      path: ``.png``, or ``.svg`` (then a ``.png`` is written next to it too).
+      title: figure title; defaults to ``problem.description``.
+      columns: panels per row (fewer when there are fewer optimizers).
+      max_starts: draw (and count) only the first ``max_starts`` starts of each optimizer.
+      resolution: grid points per axis for the contour map.
+
+    >>> import numpy as np, tempfile, pathlib
+    >>> from ravine.problems import make_problem
+    >>> line = np.linspace([-1.5, 2.0], [1.0, 1.0], 50)[None]  # (starts=1, steps+1=50, 2)
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "grid.png"
+    >>> plot_trajectory_grid(make_problem("rosenbrock"), {"sgd": line, "adam": line}, out) == out
+    True
+    """
+    fig = _trajectory_grid_figure(
+        problem,
+        trajectories,
+        title=title,
+        columns=columns,
+        max_starts=max_starts,
+        resolution=resolution,
+    )
+    return _save(fig, path)
+
+
+def _trajectory_grid_figure(
+    problem: AnalyticProblem,
+    trajectories: Mapping[str, Any],
+    *,
+    title: str | None,
+    columns: int,
+    max_starts: int | None,
+    resolution: int,
+) -> Figure:
+    """The figure ``plot_trajectory_grid`` saves; its panels are the axes with a left title."""
+    from matplotlib.figure import Figure
+
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be a positive integer, got {columns!r}")
+    paths = _check_trajectories(problem, trajectories, max_starts, resolution)
+    colors = optimizer_colors(paths)
+    n_panels = max(len(paths), 1)  # no optimizers: the bare map
+    n_cols = min(columns, n_panels)
+    n_rows = math.ceil(n_panels / n_cols)
+    (x_lo, x_hi), (y_lo, y_hi) = problem.bounds
+    panel_w = 2.6  # inches
+    panel_h = panel_w * min(max((y_hi - y_lo) / (x_hi - x_lo), 0.5), 1.5)
+    fig = Figure(figsize=(n_cols * panel_w + 1.3, n_rows * panel_h + 1.1), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False)
+    contours = _contour_map(problem, int(resolution))
+
+    drawn = None
+    for ax in axes.flat[:n_panels]:
+        drawn = _draw_map(ax, contours, lw=0.35)
+        _draw_landmarks(ax, problem, ms=0.7)
+        _frame(ax, problem)
+        ax.tick_params(labelsize=8)
+    any_diverged = False
+    for ax, (name, runs) in zip(axes.flat, paths.items(), strict=False):
+        color = colors[name]
+        diverged = _draw_runs(ax, problem, runs, color, stride=None, crowd=len(runs), ms=0.75)
+        any_diverged |= diverged > 0
+        ax.set_title(name, loc="left", color=color, fontsize=10, fontweight="bold")
+        ax.set_title(_outcome(problem, runs), loc="right", fontsize=8, color="0.25")
+    for ax in axes.flat[n_panels:]:
+        ax.set_axis_off()
+    for column in range(n_cols):  # x labels under the lowest panel of each column
+        bottom = axes[(n_panels - 1 - column) // n_cols, column]
+        bottom.xaxis.set_tick_params(labelbottom=True)
+        bottom.set_xlabel("$x_1$", fontsize=9)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("$x_2$", fontsize=9)
+    _add_colorbar(fig, drawn, axes, contours, shrink=0.9 if n_rows > 1 else 0.8)
+
+    n_starts = max((len(runs) for runs in paths.values()), default=0)
+    handles = [
+        *_start_handle(n_starts, "start"),
+        *_landmark_handles(problem, any_diverged=any_diverged, stride=None),
+    ]
+    if handles:
+        fig.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncols=len(handles),
+            fontsize=9,
+            frameon=False,
+        )
+    text = title if title is not None else problem.description
+    fig.suptitle(textwrap.fill(text, 25 * n_cols), fontsize=12)
+    return fig
+
+
+# Above this many paths in one overlay, step dots would bury the map: plain lines only.
+_MAX_DOTTED_LINES = 12
+
+
+def _check_trajectories(
+    problem: AnalyticProblem,
+    trajectories: Mapping[str, Any],
+    max_starts: int | None,
+    resolution: int,
+) -> dict[str, np.ndarray]:
+    """Validate the shared arguments; ``{name: float64 array (starts, steps + 1, 2)}``."""
+    if problem.dim != 2:
+        raise ValueError(f"problem must be 2-D to plot trajectories, got dim={problem.dim}")
+    if max_starts is not None and (isinstance(max_starts, bool) or int(max_starts) < 1):
+        raise ValueError(f"max_starts must be a positive integer or None, got {max_starts!r}")
+    if int(resolution) < 2:
+        raise ValueError(f"resolution must be >= 2, got {resolution!r}")
+    return {
+        str(name): _as_trajectories(str(name), value, max_starts)
+        for name, value in trajectories.items()
+    }
 
 
 def _as_array(value: Any) -> np.ndarray:
@@ -231,6 +343,19 @@ def _as_trajectories(name: str, value: Any, max_starts: int | None) -> np.ndarra
             f"got {tuple(runs.shape)}"
         )
     return runs if max_starts is None else runs[: int(max_starts)]
+
+
+def _dot_stride(paths: Mapping[str, np.ndarray], most: int = 25) -> int:
+    """Steps between dots on a path: the smallest round number (1, 2, 5, 10, 20, ...) that puts
+    at most ``most`` dots on the longest path, so dots read as a clock, not as a blur."""
+    steps = max((runs.shape[1] - 1 for runs in paths.values()), default=0)
+    stride = 1
+    while steps / stride > most:
+        for factor in (2, 2.5, 2):  # 1 -> 2 -> 5 -> 10 -> 20 -> ...
+            stride = round(stride * factor)
+            if steps / stride <= most:
+                break
+    return stride
 
 
 def _clip_path(xy: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -258,62 +383,206 @@ def _clip_path(xy: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarr
     return xy, stop < len(finite)
 
 
-def _draw_contours(fig: Figure, ax: Axes, problem: AnalyticProblem, resolution: int) -> None:
-    import matplotlib
+def _draw_runs(
+    ax: Axes,
+    problem: AnalyticProblem,
+    runs: np.ndarray,
+    color: str,
+    *,
+    stride: int | None,
+    crowd: int,
+    ms: float = 1.0,
+) -> int:
+    """Draw one optimizer's paths (starts, steps + 1, 2): lines (dotted every ``stride`` steps),
+    end points, start markers, an x where a run diverged. Lines get thinner and fainter as
+    ``crowd`` (paths sharing the axes) grows; ``ms`` scales the markers. Returns how many runs
+    diverged inside the plot."""
+    (x_lo, x_hi), (y_lo, y_hi) = problem.bounds
+    lo, hi = np.array([x_lo, y_lo]), np.array([x_hi, y_hi])
+    lw, alpha = (1.7, 0.95) if crowd <= 4 else (1.4, 0.85) if crowd <= 16 else (1.0, 0.6)
+    dots = {} if stride is None else {"marker": "o", "ms": 3.2 * ms, "markevery": (stride, stride)}
+    diverged = 0
+    for run in runs:
+        xy, stopped = _clip_path(run, lo, hi)
+        if len(xy) == 0:
+            continue
+        ax.plot(xy[:, 0], xy[:, 1], color=color, lw=lw, alpha=alpha, zorder=3, **dots)
+        ax.plot(*xy[-1], "o", ms=4.5 * ms, color=color, mec="black", mew=0.6 * ms, zorder=4)
+        ax.plot(*xy[0], ls="", zorder=5, **_scaled(_START, ms))
+        if stopped:
+            diverged += 1
+            ax.plot(*xy[-1], ls="", color=color, zorder=5, **_scaled(_DIVERGED, ms))
+    return diverged
+
+
+def _outcome(problem: AnalyticProblem, runs: np.ndarray) -> str:
+    """Panel caption like "7/8 reached, 1 diverged" ("escaped" on unbounded problems), counted
+    as ``ravine.study`` counts them from the loss at each position: reached is at or below
+    ``problem.target`` before any non-finite loss (and, for bounded problems, still there at
+    the last step); diverged is a non-finite loss first, whether or not the path left the map."""
     import torch
-    from matplotlib.colors import ListedColormap, LogNorm, Normalize
-    from matplotlib.ticker import LogLocator, MaxNLocator
+
+    if len(runs) == 0 or runs.shape[1] == 0:
+        return ""
+    with torch.no_grad():
+        f = problem(torch.from_numpy(runs)).numpy()  # (starts, steps + 1)
+    hit = f <= problem.target  # NaN compares False; -inf (escaped for good) counts
+    bad = ~np.isfinite(f)
+    first_hit = np.where(hit.any(axis=1), hit.argmax(axis=1), np.inf)
+    first_bad = np.where(bad.any(axis=1), bad.argmax(axis=1), np.inf)
+    diverged = first_bad < first_hit
+    reached = np.isfinite(first_hit) & ~diverged
+    if not problem.escape:
+        reached &= f[:, -1] <= problem.target
+    text = f"{int(reached.sum())}/{len(runs)} {'escaped' if problem.escape else 'reached'}"
+    return text + (f", {int(diverged.sum())} diverged" if diverged.any() else "")
+
+
+def _scaled(style: dict[str, Any], factor: float) -> dict[str, Any]:
+    """A marker style with its size and edge width scaled (smaller markers for small panels)."""
+    return {k: v * factor if k in ("ms", "mew") else v for k, v in style.items()}
+
+
+def _draw_landmarks(ax: Axes, problem: AnalyticProblem, *, ms: float = 1.0) -> None:
+    minima = problem.minima.numpy()  # (k, 2)
+    if len(minima):
+        ax.plot(minima[:, 0], minima[:, 1], ls="", zorder=6, **_scaled(_MINIMUM, ms))
+    saddles = problem.saddle_points.numpy()  # (s, 2)
+    if len(saddles):
+        ax.plot(saddles[:, 0], saddles[:, 1], ls="", zorder=6, **_scaled(_SADDLE, ms))
+
+
+def _start_handle(n_starts: int, label: str) -> list[Any]:
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], ls="", label=label, **_START)] if n_starts else []
+
+
+def _landmark_handles(
+    problem: AnalyticProblem, *, any_diverged: bool, stride: int | None
+) -> list[Any]:
+    """Legend entries for what ``_draw_landmarks``, ``_draw_map`` and ``_draw_runs`` mark."""
+    from matplotlib.lines import Line2D
+
+    handles = []
+    if len(problem.minima):
+        label = "global minimum" if len(problem.minima) == 1 else "global minima"
+        handles.append(Line2D([], [], ls="", label=label, **_MINIMUM))
+    if len(problem.saddle_points):
+        handles.append(Line2D([], [], ls="", label="saddle point", **_SADDLE))
+    if problem.escape:
+        label = f"escaped: f < {problem.target:g}"
+        handles.append(Line2D([], [], color="black", lw=1.2, ls="--", label=label))
+    if any_diverged:
+        label = "diverged (last finite point)"
+        handles.append(Line2D([], [], ls="", color="black", label=label, **_DIVERGED))
+    if stride is not None and stride > 1:
+        label = f"dots every {stride} steps"
+        handles.append(Line2D([], [], ls="", marker="o", ms=3.2, color="0.3", label=label))
+    return handles
+
+
+def _frame(ax: Axes, problem: AnalyticProblem) -> None:
+    (x_lo, x_hi), (y_lo, y_hi) = problem.bounds
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_lo, y_hi)
+    if 1 / 3 <= (y_hi - y_lo) / (x_hi - x_lo) <= 3:
+        ax.set_aspect("equal")
+
+
+@dataclass(frozen=True)
+class _ContourMap:
+    """A problem's contour map, computed once and drawn on any number of axes."""
+
+    x: np.ndarray  # (resolution, resolution) grid coordinates
+    y: np.ndarray  # (resolution, resolution)
+    z: np.ndarray  # (resolution, resolution) f on the grid
+    shown: np.ndarray  # (resolution, resolution) what the levels cut: f - f*, clipped
+    levels: np.ndarray
+    norm: Any  # a matplotlib Normalize, shared by every panel and the colour bar
+    extend: str
+    label: str  # colour bar label
+    unbounded: bool  # unbounded below: a solid contour marks the saddle value 0
+    escape_target: float | None  # dashed contour at the escape target, or None
+
+
+def _contour_map(problem: AnalyticProblem, resolution: int) -> _ContourMap | None:
+    """Levels for ``problem`` on a ``resolution``-square grid; None for a flat or non-finite map."""
+    import torch
+    from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.ticker import MaxNLocator
 
     (x_lo, x_hi), (y_lo, y_hi) = problem.bounds
-    xs = np.linspace(x_lo, x_hi, resolution)
-    ys = np.linspace(y_lo, y_hi, resolution)
-    gx, gy = np.meshgrid(xs, ys)  # (resolution, resolution) each
+    gx, gy = np.meshgrid(np.linspace(x_lo, x_hi, resolution), np.linspace(y_lo, y_hi, resolution))
     with torch.no_grad():
-        grid = torch.from_numpy(np.stack([gx, gy], axis=-1))
-        z = problem(grid).numpy()  # (resolution, resolution)
-    # Pale greys only: the coloured paths must stay the loudest thing on the figure.
-    cmap = ListedColormap(matplotlib.colormaps["Greys"](np.linspace(0.03, 0.5, 256)))
-    line_kw = {"colors": "0.35", "linewidths": 0.5, "alpha": 0.7}
+        z = problem(torch.from_numpy(np.stack([gx, gy], axis=-1))).numpy()
 
     finite = z[np.isfinite(z)]
     if finite.size == 0 or np.ptp(finite) == 0:
-        return
-    if problem.min_value is not None:
-        gap = np.where(np.isfinite(z), np.maximum(z - problem.min_value, 0.0), np.nan)
-        top = float(np.nanquantile(gap, 0.99))
-        bottom = float(np.nanquantile(gap, 0.002))
-        bottom = max(bottom, top * 1e-6, np.finfo(np.float64).tiny)
-        if top > 0 and top / bottom > 100:
-            exps = np.linspace(math.log10(bottom), math.log10(top), 18)
-            levels = 10.0**exps
-            filled = np.clip(gap, levels[0], None)
-            cs = ax.contourf(gx, gy, filled, levels=levels, cmap=cmap, norm=LogNorm(), extend="max")
-            ax.contour(gx, gy, filled, levels=levels, **line_kw)
-            cbar = fig.colorbar(cs, ax=ax, shrink=0.8, pad=0.02)
-            cbar.locator = LogLocator()
-            cbar.update_ticks()
-        else:
-            levels = MaxNLocator(15).tick_values(0.0, top if top > 0 else float(np.nanmax(gap)))
-            cs = ax.contourf(gx, gy, gap, levels=levels, cmap=cmap, extend="max")
-            ax.contour(gx, gy, gap, levels=levels, **line_kw)
-            cbar = fig.colorbar(cs, ax=ax, shrink=0.8, pad=0.02)
-        label = "$f - f^*$" if problem.min_value != 0 else "$f$"
-        cbar.set_label(label + (" (log scale)" if isinstance(cs.norm, LogNorm) else ""))
-    else:
+        return None
+    if problem.min_value is None:
         # Unbounded below: levels symmetric about the saddle value 0, clipped at the quantiles
         # so the far corners do not flatten the middle.
         span = float(np.quantile(np.abs(finite), 0.98)) or float(np.abs(finite).max())
         levels = MaxNLocator(20, symmetric=True).tick_values(-span, span)
+        dashed = problem.target if -span < problem.target < span else None
         shown = np.clip(z, -span, span)
-        cs = ax.contourf(gx, gy, shown, levels=levels, cmap=cmap, norm=Normalize(-span, span))
-        ax.contour(gx, gy, shown, levels=levels, **line_kw)
-        ax.contour(gx, gy, z, levels=[0.0], colors="0.2", linewidths=1.0)
-        if -span < problem.target < span:
-            ax.contour(
-                gx, gy, z, levels=[problem.target], colors="black", linewidths=1.2, linestyles="--"
-            )
-        cbar = fig.colorbar(cs, ax=ax, shrink=0.8, pad=0.02)
-        cbar.set_label("$f$")
+        norm = Normalize(-span, span)
+        return _ContourMap(gx, gy, z, shown, levels, norm, "neither", "$f$", True, dashed)
+
+    gap = np.where(np.isfinite(z), np.maximum(z - problem.min_value, 0.0), np.nan)
+    top = float(np.nanquantile(gap, 0.99))
+    bottom = float(np.nanquantile(gap, 0.002))
+    bottom = max(bottom, top * 1e-6, np.finfo(np.float64).tiny)
+    label = "$f - f^*$" if problem.min_value != 0 else "$f$"
+    if top > 0 and top / bottom > 100:
+        levels = 10.0 ** np.linspace(math.log10(bottom), math.log10(top), 18)
+        shown = np.clip(gap, levels[0], None)
+        norm = LogNorm(levels[0], levels[-1])
+        return _ContourMap(
+            gx, gy, z, shown, levels, norm, "max", label + " (log scale)", False, None
+        )
+    levels = MaxNLocator(15).tick_values(0.0, top if top > 0 else float(np.nanmax(gap)))
+    norm = Normalize(levels[0], levels[-1])
+    return _ContourMap(gx, gy, z, gap, levels, norm, "max", label, False, None)
+
+
+def _draw_map(ax: Axes, contours: _ContourMap | None, *, lw: float = 0.5) -> Any:
+    """Filled contours, contour lines and (unbounded problems) the saddle level and the dashed
+    escape level on ``ax``, contour lines ``lw`` wide; returns the filled ``ContourSet`` for a colour bar (None: no map)."""
+    import matplotlib
+    from matplotlib.colors import ListedColormap
+
+    if contours is None:
+        return None
+    m = contours
+    # Pale greys only: the coloured paths must stay the loudest thing on the figure.
+    cmap = ListedColormap(matplotlib.colormaps["Greys"](np.linspace(0.03, 0.5, 256)))
+    filled = ax.contourf(
+        m.x, m.y, m.shown, levels=m.levels, cmap=cmap, norm=m.norm, extend=m.extend
+    )
+    ax.contour(m.x, m.y, m.shown, levels=m.levels, colors="0.35", linewidths=lw, alpha=0.7)
+    if m.unbounded:
+        ax.contour(m.x, m.y, m.z, levels=[0.0], colors="0.2", linewidths=1.0)
+    if m.escape_target is not None:
+        ax.contour(
+            m.x, m.y, m.z, levels=[m.escape_target], colors="black", linewidths=1.2, linestyles="--"
+        )
+    return filled
+
+
+def _add_colorbar(fig: Figure, filled: Any, ax: Any, contours: _ContourMap | None, *, shrink=0.8):
+    """One colour bar for ``filled`` next to ``ax`` (an axes or an array of them)."""
+    from matplotlib.colors import LogNorm
+    from matplotlib.ticker import LogLocator
+
+    if filled is None or contours is None:
+        return
+    cbar = fig.colorbar(filled, ax=ax, shrink=shrink, pad=0.02)
+    if isinstance(contours.norm, LogNorm):
+        cbar.locator = LogLocator()
+        cbar.update_ticks()
+    cbar.set_label(contours.label)
 
 
 # ----------------------------------------------------------------------------- loss curves

@@ -1,0 +1,89 @@
+"""The command line: documented examples run, bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ravine.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def documented_commands() -> list[str]:
+    """Every ``$ ravine ...`` line of README.md and every ``ravine ...`` example in --help."""
+    from ravine.cli.main import compare
+
+    commands = re.findall(r"^\$ (ravine .+)$", README.read_text(), flags=re.MULTILINE)
+    commands += re.findall(r"^\s+(ravine compare.*)$", compare.__doc__, flags=re.MULTILINE)
+    return list(dict.fromkeys(commands))
+
+
+def test_readme_documents_commands():
+    assert "ravine compare" in documented_commands()
+
+
+@pytest.mark.parametrize("command", documented_commands())
+def test_documented_command_runs(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # default output folders land in the temporary directory
+    argv = shlex.split(command)[1:]
+    assert main(argv) == 0, capsys.readouterr().err
+    if argv and argv[0] == "compare" and "--help" not in argv:
+        (folder,) = (tmp_path / "ravine-runs").iterdir()
+        assert (folder / "summary.csv").exists()
+        assert "#" in capsys.readouterr().out  # the ranked table was printed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compare", "--opt", "lion"], "unknown optimizer 'lion'; valid: sgd, momentum"),
+        (["compare", "--problem", "everest"], "unknown problem 'everest'; valid names:"),
+        (["compare", "--opt", "adam:lr=-1"], "lr must be a finite number >= 0, got -1"),
+        (["compare", "--opt", "adam:beta2=1.5"], r"betas\[beta2\] must be in \[0, 1\)"),
+        (["compare", "--opt", "adam:learning_rate=1"], "unknown hyperparameter 'learning_rate'"),
+        (["compare", "--steps", "0"], "steps must be an integer >= 1, got 0"),
+        (["compare", "--steps", "many"], "Invalid value for '--steps'"),
+        (["compare", "--format", "gif"], "--format must be png or svg"),
+        (["compare", "--bogus"], "No such option: --bogus"),
+        (["train"], "No such command 'train'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith("error: ")
+    assert re.search(message, captured.err), captured.err
+    assert not (tmp_path / "ravine-runs").exists()  # nothing was started
+
+
+def test_installed_entry_point_has_no_traceback_and_help_skips_torch():
+    bad = subprocess.run(
+        [sys.executable, "-m", "ravine", "compare", "--opt", "lion"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+    probe = "import sys; from ravine.cli.main import main; main(['--help']); print('torch' in sys.modules)"
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "compare" in shown.stdout
+    assert shown.stdout.strip().endswith("False")  # --help stays instant: torch not imported
+
+
+def readme_python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+
+
+@pytest.mark.parametrize("block", readme_python_blocks())
+def test_readme_python_example_runs(block):
+    exec(compile(block, str(README), "exec"), {})
