@@ -53,13 +53,12 @@ def clip_coefficient(total_norm: Tensor, max_norm: float) -> Tensor:
     return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
 
 
-def all_finite(tensors: Sequence[Tensor]) -> Tensor:
-    """A 0-dim bool tensor: True when no element of any tensor is NaN or ±Inf (no host sync)."""
+def finite_flags(tensors: Sequence[Tensor]) -> Tensor:
+    """``(len(tensors),)`` bool tensor: True where a tensor has no NaN or ±Inf (no host sync)."""
     if not tensors:
-        return torch.ones((), dtype=torch.bool)
+        return torch.ones(0, dtype=torch.bool)
     device = tensors[0].device
-    flags = [torch.isfinite(t).all().to(device) for t in tensors]
-    return torch.stack(flags).all()
+    return torch.stack([torch.isfinite(t).all().to(device) for t in tensors])
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ravine.optim._math import all_finite, clip_coefficient, global_norm
+from ravine.optim._math import clip_coefficient, finite_flags, global_norm
 from ravine.optim.transforms import Transform
 
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
@@ -100,7 +100,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         defaults.update(hyperparams)
         self._skipped_host = 0
         self._skipped_device: Tensor | None = None
-        self._pending_check: tuple[Tensor, Any, str] | None = None
+        self._pending_check: tuple[Tensor, Any, list] | None = None
         # Tests flip this to exercise the accelerator's sync-free path on CPU.
         self._force_guarded = False
         super().__init__(params, defaults)
@@ -150,9 +150,10 @@ class ChainOptimizer(torch.optim.Optimizer):
             self._force_guarded or any(g.device.type != "cpu" for g in grads)
         )
 
-        finite = None
+        finite = flags = None
         if self.nonfinite != "ignore":
-            finite = all_finite(grads)
+            flags = finite_flags(grads)  # (n_grads,)
+            finite = flags.all()
             if not guarded and not bool(finite):
                 if self.nonfinite == "raise":
                     raise NonFiniteGradientError(self._describe_nonfinite(work))
@@ -182,7 +183,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                 self._update_parameter(p, grad, group, finite if guarded else None)
 
         if guarded:
-            self._after_guarded_step(finite, work)
+            self._after_guarded_step(finite, flags, work)
         return loss
 
     def _update_parameter(
@@ -201,8 +202,10 @@ class ChainOptimizer(torch.optim.Optimizer):
             state["step"] += 1
             step: float | Tensor = state["step"].item()  # host tensor: no device sync
         else:
-            # float64 so that beta**step is as exact as the host path's Python float.
-            step = state["step"].to(p.device, torch.float64) + 1
+            # float64 (where the device has it) so that beta**step is as exact as the host
+            # path's Python float.
+            wide = torch.float32 if p.device.type == "mps" else torch.float64
+            step = state["step"].to(p.device, wide) + 1
 
         u, new_state = grad, {}
         view = _ChainedState(state, new_state)
@@ -240,33 +243,41 @@ class ChainOptimizer(torch.optim.Optimizer):
         """Raise for a refused step whose check was deferred (guarded ``"raise"`` mode)."""
         if self._pending_check is None:
             return
-        flag, event, description = self._pending_check
+        flags, event, work = self._pending_check
         self._pending_check = None
         if event is not None:
             event.synchronize()
-        if not bool(flag):
-            raise NonFiniteGradientError(
-                f"{description} (detected on the device; that step was not applied)"
+        if bool(flags.all()):
+            return
+        labels = [
+            _param_label(group, p)
+            for (group, p), ok in zip(
+                ((g, p) for g, params in work for p in params), flags.tolist(), strict=True
             )
+            if not ok
+        ]
+        raise NonFiniteGradientError(
+            f"NaN or Inf in the gradients of {', '.join(labels)}; that step was refused on "
+            "the device (parameters and state unchanged)"
+        )
 
-    def _after_guarded_step(self, finite: Tensor, work: list) -> None:
+    def _after_guarded_step(self, finite: Tensor, flags: Tensor, work: list) -> None:
         if self.nonfinite == "skip":
             refused = (~finite).to(torch.int64)
             self._skipped_device = (
                 refused if self._skipped_device is None else self._skipped_device + refused
             )
             return
-        description = "NaN or Inf in the gradients of " + ", ".join(
-            _param_label(group, p) for group, params in work for p in params
-        )
-        if finite.device.type == "cuda":
-            host = torch.empty((), dtype=torch.bool, pin_memory=True)
-            host.copy_(finite, non_blocking=True)
+        # Copy the per-gradient flags to the host without waiting; they are read (and named
+        # in the error) at the next step, when the copy has long finished.
+        if flags.device.type == "cuda":
+            host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=True)
+            host.copy_(flags, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            self._pending_check = (host, event, description)
+            self._pending_check = (host, event, work)
         else:
-            self._pending_check = (finite.clone(), None, description)
+            self._pending_check = (flags.clone(), None, work)
 
     def _describe_nonfinite(self, work: list) -> str:
         bad = []
