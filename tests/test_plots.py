@@ -6,6 +6,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_hex
+from matplotlib.text import Text
 
 import ravine.report.plots as plots
 from ravine.problems import make_problem
@@ -15,6 +17,7 @@ from ravine.report import (
     optimizer_colors,
     plot_loss_curves,
     plot_trajectories,
+    plot_trajectory_grid,
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -87,6 +90,78 @@ def test_plot_trajectories_rejects_bad_input(tmp_path):
         plot_trajectories(make_problem("beale"), {}, tmp_path / "x.jpg", resolution=20)
 
 
+@pytest.mark.parametrize("name", ["rosenbrock", "saddle"])
+def test_plot_trajectory_grid_writes_a_png(tmp_path, name):
+    problem = make_problem(name)
+    out = plot_trajectory_grid(problem, _paths(problem), tmp_path / f"{name}.png", resolution=40)
+    assert out == tmp_path / f"{name}.png"
+    _assert_png(out)
+    assert not list(out.parent.glob(".*tmp"))
+
+
+def test_trajectory_grid_has_one_panel_per_optimizer_in_order(tmp_path):
+    problem = make_problem("quadratic")
+    runs = _paths(problem, starts=4)  # 4 optimizers, one diverging to NaN, one running off
+    fig = plots._trajectory_grid_figure(
+        problem, runs, title=None, columns=3, max_starts=2, resolution=30
+    )
+    panels = [ax for ax in fig.axes if ax.get_title(loc="left")]
+    assert [ax.get_title(loc="left") for ax in panels] == list(runs)
+    colors = optimizer_colors(runs)
+    for ax, name in zip(panels, runs, strict=True):  # the name is written in its colour
+        (text,) = [t for t in ax.get_children() if isinstance(t, Text) and t.get_text() == name]
+        assert to_hex(text.get_color()) == colors[name]
+    assert all(ax.get_xlim() == panels[0].get_xlim() for ax in panels)  # shared limits
+    hidden = [ax for ax in fig.axes if not ax.axison]
+    assert len(hidden) == 2  # a 2 x 3 grid for 4 optimizers
+    assert panels[0].get_title(loc="right") == "2/2 reached"
+    assert panels[1].get_title(loc="right") == "0/2 reached, 2 diverged"
+
+
+def test_plot_trajectory_grid_handles_empty_and_nonfinite_runs(tmp_path):
+    problem = make_problem("monkey_saddle")
+    runs = {"sgd": np.full((2, 5, 2), np.nan), "adam": np.zeros((0, 5, 2))}
+    _assert_png(plot_trajectory_grid(problem, runs, tmp_path / "m.png", resolution=30))
+    out = plot_trajectory_grid(problem, {}, tmp_path / "empty.svg", resolution=30)
+    _assert_png(out.with_suffix(".png"))  # the bare map
+
+
+def test_plot_trajectory_grid_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="columns"):
+        plot_trajectory_grid(make_problem("beale"), {}, tmp_path / "x.png", columns=0)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        plot_trajectory_grid(make_problem("rastrigin", dim=3), {}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="max_starts"):
+        plot_trajectory_grid(make_problem("beale"), {}, tmp_path / "x.png", max_starts=0)
+
+
+def test_outcome_counts_like_the_study():
+    quadratic = make_problem("quadratic")
+    goal = quadratic.minima.numpy()[0]
+    t = np.linspace(0.0, 1.0, 11)[:, None]
+    there = goal + (1 - t) * np.array([1.0, 1.0])  # (11, 2) ends on the minimum
+    away = there.copy()
+    away[-1] = goal + 1.0  # reached it, then left: not a success for a bounded problem
+    nan = there.copy()
+    nan[5:] = np.nan
+    assert plots._outcome(quadratic, np.stack([there, away, nan])) == "1/3 reached, 1 diverged"
+    saddle = make_problem("saddle")
+    up = np.stack([np.zeros(11), np.geomspace(1e-3, 1e200, 11)], axis=1)  # f -> -inf, NaN
+    stuck = np.zeros((11, 2))
+    assert plots._outcome(saddle, np.stack([up, stuck])) == "1/2 escaped"
+
+
+def test_overlay_dots_every_round_number_of_steps(tmp_path):
+    assert plots._dot_stride({"sgd": np.zeros((1, 11, 2))}) == 1  # short: every step
+    assert plots._dot_stride({"sgd": np.zeros((1, 1501, 2))}) == 100
+    assert plots._dot_stride({"a": np.zeros((1, 201, 2)), "b": np.zeros((1, 51, 2))}) == 10
+    problem = make_problem("rosenbrock")
+    x0 = np.array([-1.5, 2.0])
+    runs = {name: np.linspace(x0, [1.0, 1.0], 1501)[None] for name in OPTIMIZER_COLORS}
+    out = plot_trajectories(problem, runs, tmp_path / "one.png", max_starts=1, resolution=40)
+    _assert_png(out)
+
+
 def test_clip_path_cuts_at_nonfinite_and_far_outside():
     lo, hi = np.array([0.0, 0.0]), np.array([1.0, 1.0])
     xy = np.array([[0.5, 0.5], [0.6, 0.6], [np.nan, 0.0], [0.5, 0.5]])
@@ -136,6 +211,24 @@ def test_loss_axis_choice():
     assert plots._y_axis(np.array([-5.0, 1.0]), 1e4, log=True)[0] == "symlog"
     assert plots._y_axis(np.array([1e-8, 1.0]), 1e4, log=False)[0] == "linear"
     assert plots._y_axis(np.array([-1e-20, 0.0, 1.0]), 1e4, log=True)[0] == "log"  # rounding
+
+
+@pytest.mark.parametrize("log", [True, False])
+def test_loss_axis_follows_runs_escaping_far_below_zero(log):
+    # Unbounded saddle: some runs escape to -1e17; the axis must reach them, not clip at -ref.
+    scale, bottom, top, linthresh = plots._y_axis(np.array([-1e17, -1e4, -1.0, 0.3]), 1e3, log)
+    assert scale == "symlog" and bottom <= -1e17 and top >= 0.3 and linthresh <= 0.1
+    bottom = plots._y_axis(np.array([-1e300, 0.3]), 1e3, log)[1]
+    assert bottom >= -2e3 * 10.0**plots._DEEPEST_DECADES  # not 300 decades of axis
+
+
+def test_plot_loss_curves_with_runaway_escapes(tmp_path):
+    t = np.arange(301)
+    fast = -np.exp(0.13 * t)[None] * np.array([[1.0], [2.0]])  # down to about -1e17
+    fast[1, -5:] = -np.inf  # overflowed
+    slow = -(t**2.0)[None] * np.array([[0.1], [0.2]])
+    losses = {"momentum": fast, "adam": slow, "sgd": np.full((2, 301), -1e-3)}
+    _assert_png(plot_loss_curves("saddle", losses, tmp_path / "s.png", target=-1.0, log=False))
 
 
 def test_nan_after_escaping_below_counts_as_escaped_not_diverged():

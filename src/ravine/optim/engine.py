@@ -173,11 +173,14 @@ class ChainOptimizer(torch.optim.Optimizer):
 
         index = 0
         for group, params in work:
+            scale = None
+            if group["max_grad_norm"] is not None:
+                scale = clip_coefficient(total_norm, group["max_grad_norm"])
             for p in params:
                 grad = clip_values[index]
                 index += 1
-                if group["max_grad_norm"] is not None:
-                    grad = grad * clip_coefficient(total_norm, group["max_grad_norm"]).to(grad)
+                if scale is not None:
+                    grad = grad * scale.to(grad)
                 if group["maximize"]:
                     grad = -grad
                 self._update_parameter(p, grad, group, finite if guarded else None)

@@ -1,4 +1,5 @@
-"""Figures for optimizer comparisons: paths over a problem's contour map, and loss curves.
+"""Figures for optimizer comparisons: paths over a problem's contour map (all optimizers on one
+map, or one small panel per optimizer), and loss curves.
 
 Figures are built on ``matplotlib.figure.Figure`` directly (Agg rendering, no pyplot, no global
 state, no display needed) and matplotlib is imported inside the functions so that importing
@@ -300,7 +301,7 @@ def _trajectory_grid_figure(
             frameon=False,
         )
     text = title if title is not None else problem.description
-    fig.suptitle(textwrap.fill(text, 25 * n_cols), fontsize=12)
+    fig.suptitle(textwrap.fill(text, max(35, 25 * n_cols)), fontsize=12)
     return fig
 
 
@@ -571,7 +572,9 @@ def _draw_map(ax: Axes, contours: _ContourMap | None, *, lw: float = 0.5) -> Any
     return filled
 
 
-def _add_colorbar(fig: Figure, filled: Any, ax: Any, contours: _ContourMap | None, *, shrink=0.8):
+def _add_colorbar(
+    fig: Figure, filled: Any, ax: Any, contours: _ContourMap | None, *, shrink: float = 0.8
+) -> None:
     """One colour bar for ``filled`` next to ``ax`` (an axes or an array of them)."""
     from matplotlib.colors import LogNorm
     from matplotlib.ticker import LogLocator
@@ -609,7 +612,9 @@ def plot_loss_curves(
       target: draws a dashed line at this loss (e.g. ``problem.target``).
       log: log-scale y when every value is >= 0 (pass ``loss - min_value``); values that are
         0 sit on the bottom edge. With negative values (saddles) it falls back to symlog.
-        False: linear.
+        False: linear, except when runs escape to values more than 1e3 times the step-0
+        magnitude below zero (problems unbounded below): symlog then, so the order in which
+        runs escape stays readable rather than every curve leaving the bottom of the plot.
       band: lower and upper percentiles across starts; ``(0, 100)`` is min-max.
       ylabel: y-axis label.
     """
@@ -658,6 +663,7 @@ def plot_loss_curves(
         ax.set_yscale("log")
     elif scale == "symlog":
         ax.set_yscale("symlog", linthresh=linthresh)
+        ax.yaxis.get_major_locator().set_params(numticks=10)  # every 2nd decade past ~18
     ax.set_ylim(bottom, top)
     for name, arr in curves.items():
         lower, median, upper = (_for_display(s, scale, bottom, top) for s in stats[name])
@@ -700,28 +706,42 @@ def _nan_as_extreme(arr: np.ndarray, ref: float) -> np.ndarray:
 def _y_axis(values: np.ndarray, ref: float, log: bool) -> tuple[str, float, float, float]:
     """(scale, bottom, top, symlog linthresh) for the finite ``values`` to show.
 
-    The limits cover the values but stay within ``+/- ref`` (1e3 times the largest magnitude at
-    step 0, or of the target): a run beyond that has diverged (or, on a saddle, escaped) and
-    simply leaves the plot.
+    The limits cover the values but stay below ``ref`` (1e3 times the largest magnitude at
+    step 0, or of the target): a run beyond that has diverged and simply leaves the plot.
+    Values below ``-ref`` are runs escaping down a problem unbounded below, which is progress:
+    the axis becomes symlog and reaches down to them (at most ``_DEEPEST_DECADES`` decades
+    further), so how fast each run escapes stays readable instead of leaving the plot.
     """
     if values.size == 0:
         return ("log", 1e-3, 1.0, 1.0) if log else ("linear", 0.0, 1.0, 1.0)
     ref = ref or float(np.abs(values).max()) or 1.0
+    deep = values[values < -ref]
     values = values[np.abs(values) <= ref]
     if values.size == 0:
-        return ("linear", -ref, ref, 1.0)
+        if deep.size == 0:
+            return ("linear", -ref, ref, 1.0)
+        values = np.array([-ref])
     lo, hi = float(values.min()), float(values.max())
     peak = max(abs(lo), abs(hi))
-    if log and lo >= -1e-12 * peak and hi > 0:  # all >= 0 up to rounding noise: log scale
+    if log and lo >= -1e-12 * peak and hi > 0 and deep.size == 0:  # >= 0 up to rounding: log
         lo = float(values[values > 0].min())
         return "log", lo / 2.0, hi * 2.0, 1.0
-    if log and lo < 0:
-        # symlog: linear within +/- linthresh around 0, log outside; 1e-4 of the range keeps
-        # "stuck at the saddle value 0" readable without spending decades on rounding noise.
+    if deep.size or (log and lo < 0):
+        # symlog: linear within +/- linthresh around 0, log outside; 1e-4 of the range near the
+        # start keeps "stuck at the saddle value 0" readable without spending decades on
+        # rounding noise, and the escape target (about -1) a decade into the log part.
         linthresh = 10.0 ** math.floor(math.log10(1e-4 * peak))
-        return "symlog", lo * 1.5, (hi * 1.5 if hi > 0 else linthresh), linthresh
+        if deep.size:
+            lo = max(float(deep.min()), -ref * 10.0**_DEEPEST_DECADES) * 2.0
+        else:
+            lo *= 1.5
+        return "symlog", lo, (hi * 1.5 if hi > 0 else linthresh), linthresh
     pad = 0.05 * (hi - lo) or 0.5 * (abs(hi) or 1.0)
     return "linear", lo - pad, hi + pad, 1.0
+
+
+# A loss axis reaches at most this many decades below -ref for runs escaping to -inf.
+_DEEPEST_DECADES = 30
 
 
 def _for_display(y: np.ndarray, scale: str, bottom: float, top: float) -> np.ndarray:
