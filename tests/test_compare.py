@@ -125,6 +125,7 @@ def test_outputs_are_written_and_agree_with_the_result(tmp_path):
             "summary.json",
             "runs.npz",
             "01-rosenbrock-trajectories.png",
+            "01-rosenbrock-grid.png",
             "01-rosenbrock-loss.png",
             "02-rastrigin_dim_3-loss.png",  # 3-D: no contour map, loss curves only
         ]

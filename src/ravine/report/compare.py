@@ -172,18 +172,30 @@ def _write_arrays(result: CompareResult, path: Path) -> Path:
 
 
 def _write_plots(result: CompareResult, out: Path, suffix: str) -> list[Path]:
-    from ravine.report.plots import plot_loss_curves, plot_trajectories
+    from ravine.report.plots import plot_loss_curves, plot_trajectories, plot_trajectory_grid
 
     written = []
     for index, (spec, problem) in enumerate(result.problems.items(), start=1):
         runs = result.runs_for(spec)
         stem = f"{index:02d}-{_slug(spec)}"
         if problem.dim == 2:
+            paths = {run.optimizer: run.positions for run in runs}
+            # One start per optimizer overlaid (the classic picture), then every start in one
+            # panel per optimizer: 64 paths on one map would read as noise.
             written.append(
                 plot_trajectories(
                     problem,
-                    {run.optimizer: run.positions for run in runs},
+                    paths,
                     out / f"{stem}-trajectories.{suffix}",
+                    title=f"{spec}: every optimizer from the same start",
+                    max_starts=1,
+                )
+            )
+            written.append(
+                plot_trajectory_grid(
+                    problem,
+                    paths,
+                    out / f"{stem}-grid.{suffix}",
                     title=f"{spec}: {result.config.starts} starts per optimizer",
                 )
             )
