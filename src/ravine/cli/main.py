@@ -59,7 +59,9 @@ def compare(
             "Default: rosenbrock saddle quadratic.",
         ),
     ] = None,
-    starts: Annotated[int, typer.Option(help="Random starting points per optimizer and problem.")] = 8,
+    starts: Annotated[
+        int, typer.Option(help="Random starting points per optimizer and problem.")
+    ] = 8,
     steps: Annotated[int, typer.Option(help="Updates per run.")] = 1500,
     seed: Annotated[int, typer.Option(help="Seed of the starting points.")] = 0,
     out: Annotated[
@@ -129,6 +131,170 @@ def compare(
         console.print()
     written = write_compare_outputs(result, out, plots=plots, fmt=image_format)
     console.print(f"wrote {len(written)} files to {out}/")
+
+
+@app.command()
+def train(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="TOML run config (see configs/).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder. Default: ravine-runs/train-<date>-<time>.")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Built-in data set, e.g. digits, mnist1d.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model preset (e.g. mnist1d_cnn) or kind (mlp, cnn, ...).")
+    ] = None,
+    optimizer: Annotated[str | None, typer.Option(help="Optimizer name, e.g. nadam.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    opt_arg: Annotated[
+        list[str] | None,
+        typer.Option("--opt-arg", help="Other optimizer hyperparameter KEY=VALUE, repeatable."),
+    ] = None,
+    schedule: Annotated[str | None, typer.Option(help="Schedule name, e.g. cosine.")] = None,
+    init: Annotated[str | None, typer.Option(help="Weight init scheme, e.g. he_normal.")] = None,
+    activation: Annotated[str | None, typer.Option(help="Hidden activation.")] = None,
+    depth: Annotated[int | None, typer.Option(help="Hidden layers.")] = None,
+    width: Annotated[int | None, typer.Option(help="Units per hidden layer.")] = None,
+    batch_norm: Annotated[
+        bool | None, typer.Option("--batch-norm/--no-batch-norm", help="Batch normalization.")
+    ] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout probability.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training data.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Examples per update.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of every random stream.")] = None,
+    restarts: Annotated[
+        int | None, typer.Option(help="Independent copies trained as one batched computation.")
+    ] = None,
+    snapshots: Annotated[
+        int | None, typer.Option(help="Cosine cycles with a snapshot ensemble (0: off).")
+    ] = None,
+    grad_noise: Annotated[float | None, typer.Option(help="Annealed gradient noise eta.")] = None,
+    early_stopping: Annotated[int | None, typer.Option(help="Patience in epochs (0: off).")] = None,
+    fresh: Annotated[
+        bool, typer.Option(help="Start over even if the output folder holds a checkpoint.")
+    ] = False,
+) -> None:
+    """Train a network; resume automatically from the output folder's checkpoint.
+
+    Flags override the config file. Writes config.toml, metrics.jsonl, steps.csv,
+    checkpoint.pt, model.pt, summary.json and curves.png to the output folder.
+
+    Examples:
+
+      ravine train --epochs 3
+
+      ravine train --dataset mnist1d --model mnist1d_mlp --optimizer nadam --lr 2e-3 --epochs 2
+    """
+    import time
+
+    from ravine.train import ConfigError, load_config
+
+    model_args = {
+        k: v
+        for k, v in {
+            "init": init,
+            "activation": activation,
+            "depth": depth,
+            "width": width,
+            "batch_norm": batch_norm,
+            "dropout": dropout,
+        }.items()
+        if v is not None
+    }
+    try:
+        optimizer_args = _parse_pairs(opt_arg or [])
+        if lr is not None:
+            optimizer_args["lr"] = lr
+        run = load_config(
+            config,
+            dataset=dataset,
+            model=model,
+            optimizer=optimizer,
+            optimizer_args=optimizer_args or None,
+            model_args=model_args or None,
+            schedule=schedule,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            restarts=restarts,
+            snapshots=snapshots,
+            grad_noise=grad_noise,
+            early_stopping=early_stopping,
+        )
+    except (ConfigError, ValueError) as error:
+        raise UsageFailure(str(error)) from None
+    out = out or Path("ravine-runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    if fresh and (out / "checkpoint.pt").exists():
+        (out / "checkpoint.pt").unlink()
+    _run_training(run, out)
+
+
+def _parse_pairs(pairs: list[str]) -> dict:
+    from ravine.optim.registry import _parse_value
+
+    parsed = {}
+    for pair in pairs:
+        key, eq, raw = pair.partition("=")
+        if not eq:
+            raise ValueError(f"--opt-arg {pair!r} is not KEY=VALUE")
+        parsed[key.strip()] = _parse_value(raw.strip(), key.strip())
+    return parsed
+
+
+def _run_training(run, out: Path) -> None:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ravine.optim import NonFiniteGradientError
+    from ravine.train import ConfigError, train
+
+    console = Console()
+    with Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("train", total=None, status="")
+
+        def on_progress(info: dict) -> None:
+            status = f"epoch {info['epoch']}"
+            if "metrics" in info:
+                m = info["metrics"]
+                held = "val" if "val_loss" in m else "test"
+                status += f"  {held} loss {m[f'{held}_loss']:.4f}"
+                if f"{held}_accuracy" in m:
+                    status += f"  acc {100 * m[f'{held}_accuracy']:.1f}%"
+                progress.console.print(status)
+            else:
+                status += f"  loss {info['loss']:.4f}"
+            progress.update(task, completed=info["step"], total=info["total"], status=status)
+
+        try:
+            result = train(run, out, on_progress=on_progress)
+        except ConfigError as error:
+            raise UsageFailure(str(error)) from None
+        except NonFiniteGradientError as error:
+            console.print(f"training stopped: {error}")
+            console.print(f"the last good checkpoint is in {out}/")
+            raise typer.Exit(1) from None
+    if result.resumed_from_epoch:
+        console.print(f"resumed from epoch {result.resumed_from_epoch}")
+    final = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items())
+    console.print(f"final: {final}")
+    if result.ensemble:
+        e = result.ensemble
+        console.print(
+            f"snapshot ensemble of {e['members']}: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in e.items() if k != "members")
+        )
+    console.print(f"wrote {out}/")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,15 @@
+"""Training networks: the loop, checkpoints and resume, restarts, snapshot ensembles."""
+
+from ravine.train.checkpoint import load_checkpoint, save_checkpoint
+from ravine.train.config import ConfigError, TrainConfig, load_config
+from ravine.train.loop import TrainResult, train
+
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "TrainResult",
+    "load_checkpoint",
+    "load_config",
+    "save_checkpoint",
+    "train",
+]
