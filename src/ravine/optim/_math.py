@@ -13,18 +13,16 @@ import torch
 from torch import Tensor
 
 
-def ema(average: Tensor, value: Tensor, decay: float) -> Tensor:
-    """Exponential moving average ``decay * average + (1 - decay) * value``.
-
-    Written as ``lerp`` because that is how torch.optim computes first moments; using the same
-    primitive keeps float64 parity with it at the last bit rather than the last few bits.
-    """
-    return torch.lerp(average, value, 1 - decay)
+def first_moment(average: Tensor, value: Tensor, one_minus_beta: float | Tensor) -> Tensor:
+    """``beta * average + (1 - beta) * value``, as ``lerp`` like torch.optim (bit-level parity)."""
+    return torch.lerp(average, value, one_minus_beta)
 
 
-def ema_of_square(average: Tensor, value: Tensor, decay: float) -> Tensor:
-    """Exponential moving average of ``value**2``: ``decay * average + (1 - decay) * value**2``."""
-    return torch.addcmul(average * decay, value, value, value=1 - decay)
+def second_moment(
+    average: Tensor, value: Tensor, beta: float | Tensor, one_minus_beta: float | Tensor
+) -> Tensor:
+    """``beta * average + (1 - beta) * value**2``."""
+    return average * beta + one_minus_beta * value * value
 
 
 def bias_correction(beta: float, step: float | Tensor) -> float | Tensor:

@@ -193,11 +193,13 @@ class ChainOptimizer(torch.optim.Optimizer):
         self, p: Tensor, grad: Tensor, group: Mapping[str, Any], finite: Tensor | None
     ) -> None:
         state = self.state[p]
+        stages = [stage for stage in self.transforms if stage.active(group)]
         if "step" not in state:
-            # setdefault: state loaded from a torch.optim state dict (SGD keeps no step) keeps
-            # its buffers and only gains what is missing.
-            state["step"] = torch.tensor(0.0, dtype=_step_dtype())
-            for stage in self.transforms:
+            # State loaded from a torch.optim state dict keeps its buffers and only gains what
+            # is missing. torch's SGD is the one that counts no steps; a buffer it saved means
+            # at least one update happened, which is all HeavyBall's first-step rule needs.
+            state["step"] = torch.tensor(1.0 if state else 0.0, dtype=_step_dtype())
+            for stage in stages:
                 for key, value in stage.init(p, group).items():
                     state.setdefault(key, value)
 
@@ -212,10 +214,11 @@ class ChainOptimizer(torch.optim.Optimizer):
 
         u, new_state = grad, {}
         view = _ChainedState(state, new_state)
-        for stage in self.transforms:
-            if stage.active(group):
-                u, produced = stage.update(u, p, view, group, step)
-                new_state.update(produced)
+        for stage in stages:
+            coefficients, scalars = stage.coefficients(group, step, view)
+            new_state.update(scalars)
+            u, produced = stage.apply(u, p, view, coefficients, stage.flags(group))
+            new_state.update(produced)
 
         if finite is None:
             p.add_(u, alpha=-group["lr"])

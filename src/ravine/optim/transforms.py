@@ -1,19 +1,29 @@
 """Update-rule stages that chain, optax-style, into the named optimizers.
 
-A stage maps an update direction ``u`` (it starts as the gradient) to a new direction, reading
-the hyperparameters of the parameter's group and its own state. The engine (``engine.py``)
-runs the stages in order and finishes with ``param <- param - lr * u``.
+A stage maps an update direction ``u`` (it starts as the gradient) to a new direction. Its
+maths comes in two halves, so that every engine runs the same formulas:
 
-Rules every stage follows, so that one engine can run any chain on any storage:
+* :meth:`Transform.coefficients` — the scalar part (bias corrections, momentum schedules,
+  ``1 - beta``): a function of the group's hyperparameters, the step count and the stage's
+  scalar state, computed once per step on the host in double precision;
+* :meth:`Transform.apply` — the elementwise part over tensors, reading numbers only from those
+  coefficients and booleans only from :meth:`Transform.flags`.
+
+The simple engine calls both per parameter. The flat engine calls ``coefficients`` once per
+bucket and runs every stage's ``apply`` over contiguous storage in one compiled pass; since
+numbers reach ``apply`` as tensors there, changing ``lr`` or ``betas`` never recompiles.
+
+Rules every stage follows:
 
 * Pure: return new tensors, never modify ``u``, ``param`` or state in place. The engine
-  decides how new state is committed (rebinding, or ``torch.where`` for a guarded step).
-* Never store an input tensor as state without copying it: ``u`` may be ``param.grad`` itself,
-  which the next ``backward()`` overwrites.
+  decides how new state is committed (rebinding, copying into flat storage, or
+  ``torch.where`` for a refused step).
+* Never store an input tensor as state without copying it: ``u`` may be ``param.grad`` itself.
 * State keys use torch.optim's names (``exp_avg``, ``momentum_buffer``, ...) so that state
-  dicts move between ravine and torch.optim.
-* ``step`` is the 1-based count of updates this parameter has received, either a float or a
-  0-dim tensor; only arithmetic operators touch it, so both work.
+  dicts move between ravine and torch.optim. 0-dim state (NAdam's ``mu_product``) belongs to
+  ``coefficients``; tensor state to ``apply``.
+* ``step`` is the 1-based count of updates this parameter has received, a float or a 0-dim
+  tensor (the sync-free path); ``coefficients`` touches it only with arithmetic operators.
 """
 
 from __future__ import annotations
@@ -24,14 +34,17 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ravine.optim._math import bias_correction, ema, ema_of_square
+from ravine.optim._math import bias_correction, first_moment, second_moment
 
 Group = Mapping[str, Any]
 State = Mapping[str, Tensor]
+Scalar = float | Tensor
+Coefficients = dict[str, Scalar]
 
 
 class Transform:
-    """One stage of an update rule. Subclasses override ``update`` (and ``init`` if stateful)."""
+    """One stage of an update rule. Subclasses override ``apply`` and usually ``coefficients``
+    (and ``init`` if stateful, ``flags`` if the elementwise maths has variants)."""
 
     #: Group hyperparameters this stage reads, with their defaults.
     hyperparams: ClassVar[Mapping[str, Any]] = {}
@@ -40,13 +53,24 @@ class Transform:
         """Whether this stage does anything for ``group`` (e.g. weight decay of 0 does not)."""
         return True
 
+    def flags(self, group: Group) -> dict[str, bool]:
+        """Booleans that select a variant of the elementwise maths (e.g. ``nesterov``)."""
+        return {}
+
     def init(self, param: Tensor, group: Group) -> dict[str, Tensor]:
         """Initial state for ``param``; called once, before its first update."""
         return {}
 
-    def update(
-        self, u: Tensor, param: Tensor, state: State, group: Group, step: float | Tensor
+    def coefficients(
+        self, group: Group, step: Scalar, state: State
+    ) -> tuple[Coefficients, dict[str, Tensor]]:
+        """``(coefficients, new 0-dim state)`` for this step."""
+        return {}, {}
+
+    def apply(
+        self, u: Tensor, param: Tensor, state: State, c: Mapping[str, Scalar], flags: Mapping
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(new u, new tensor state)``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -68,27 +92,22 @@ class AddWeightDecay(Transform):
     def active(self, group: Group) -> bool:
         return group["weight_decay"] != 0 and not group.get("decoupled_weight_decay", False)
 
-    def update(self, u, param, state, group, step):
-        return u + group["weight_decay"] * param, {}
+    def coefficients(self, group, step, state):
+        return {"weight_decay": group["weight_decay"]}, {}
+
+    def apply(self, u, param, state, c, flags):
+        return u + c["weight_decay"] * param, {}
 
 
-class AddDecoupledWeightDecay(Transform):
+class AddDecoupledWeightDecay(AddWeightDecay):
     """Decoupled weight decay (Loshchilov & Hutter 2019): ``u <- u + weight_decay * param``.
 
     Placed after the preconditioner, so with the final ``param - lr * u`` it equals
     torch.optim's ``param *= 1 - lr * weight_decay`` applied before the step.
     """
 
-    hyperparams: ClassVar[Mapping[str, Any]] = {
-        "weight_decay": 0.0,
-        "decoupled_weight_decay": False,
-    }
-
     def active(self, group: Group) -> bool:
         return group["weight_decay"] != 0 and group.get("decoupled_weight_decay", False)
-
-    def update(self, u, param, state, group, step):
-        return u + group["weight_decay"] * param, {}
 
 
 class HeavyBall(Transform):
@@ -97,6 +116,9 @@ class HeavyBall(Transform):
     .. math::
         b_t = \\mu b_{t-1} + (1 - \\tau) u_t \\quad (b_1 = u_1), \\qquad
         u \\leftarrow b_t \\ \\text{or, with nesterov,}\\ u_t + \\mu b_t
+
+    The buffer starts at zero and the first step is selected by coefficients
+    (:math:`b_1 = 0 \\cdot b_0 + 1 \\cdot u_1`), so no branch depends on the step.
     """
 
     hyperparams: ClassVar[Mapping[str, Any]] = {
@@ -108,20 +130,25 @@ class HeavyBall(Transform):
     def active(self, group: Group) -> bool:
         return group["momentum"] != 0
 
-    def update(self, u, param, state, group, step):
+    def flags(self, group: Group) -> dict[str, bool]:
+        return {"nesterov": bool(group["nesterov"])}
+
+    def init(self, param, group):
+        return {"momentum_buffer": torch.zeros_like(param)}
+
+    def coefficients(self, group, step, state):
+        first = _indicator(step == 1)  # torch starts the buffer at u itself, undampened
         momentum = group["momentum"]
-        previous = state.get("momentum_buffer")
-        if previous is None:
-            # torch starts the buffer at the first gradient itself, not (1 - dampening) * it.
-            buffer = u.clone()
-        else:
-            buffer = torch.add(previous * momentum, u, alpha=1 - group["dampening"])
-            if isinstance(step, Tensor) and group["dampening"] != 0:
-                # Guarded (sync-free) path: a refused first step left a zero buffer, and with
-                # dampening the first real step must still start the buffer at u.
-                buffer = torch.where(step == 1, u, buffer)
-        if group["nesterov"]:
-            return torch.add(u, buffer, alpha=momentum), {"momentum_buffer": buffer}
+        return {
+            "momentum": momentum,
+            "keep": momentum * (1 - first),
+            "take": first + (1 - first) * (1 - group["dampening"]),
+        }, {}
+
+    def apply(self, u, param, state, c, flags):
+        buffer = _state(state, "momentum_buffer", param) * c["keep"] + u * c["take"]
+        if flags["nesterov"]:
+            return u + c["momentum"] * buffer, {"momentum_buffer": buffer}
         return buffer, {"momentum_buffer": buffer}
 
 
@@ -142,12 +169,12 @@ class ScaleByAdagrad(Transform):
     def init(self, param, group):
         return {"sum": torch.full_like(param, group["initial_accumulator_value"])}
 
-    def update(self, u, param, state, group, step):
-        total = torch.addcmul(state["sum"], u, u)
-        scaled = u / (total.sqrt() + group["eps"])
-        if group["lr_decay"] != 0:
-            scaled = scaled / (1 + (step - 1) * group["lr_decay"])
-        return scaled, {"sum": total}
+    def coefficients(self, group, step, state):
+        return {"eps": group["eps"], "decay": 1 / (1 + (step - 1) * group["lr_decay"])}, {}
+
+    def apply(self, u, param, state, c, flags):
+        total = state["sum"] + u * u
+        return u / (total.sqrt() + c["eps"]) * c["decay"], {"sum": total}
 
 
 class ScaleByRMS(Transform):
@@ -167,6 +194,9 @@ class ScaleByRMS(Transform):
         "centered": False,
     }
 
+    def flags(self, group: Group) -> dict[str, bool]:
+        return {"centered": bool(group["centered"]), "momentum": group["momentum"] > 0}
+
     def init(self, param, group):
         state = {"square_avg": torch.zeros_like(param)}
         if group["momentum"] > 0:
@@ -175,18 +205,28 @@ class ScaleByRMS(Transform):
             state["grad_avg"] = torch.zeros_like(param)
         return state
 
-    def update(self, u, param, state, group, step):
+    def coefficients(self, group, step, state):
         alpha = group["alpha"]
-        new = {"square_avg": ema_of_square(state["square_avg"], u, alpha)}
-        if group["centered"]:
-            new["grad_avg"] = ema(_state(state, "grad_avg", param), u, alpha)
-            variance = torch.addcmul(new["square_avg"], new["grad_avg"], new["grad_avg"], value=-1)
-            denom = variance.sqrt() + group["eps"]
+        return {
+            "alpha": alpha,
+            "one_minus_alpha": 1 - alpha,
+            "eps": group["eps"],
+            "momentum": group["momentum"],
+        }, {}
+
+    def apply(self, u, param, state, c, flags):
+        new = {
+            "square_avg": second_moment(state["square_avg"], u, c["alpha"], c["one_minus_alpha"])
+        }
+        if flags["centered"]:
+            grad_avg = _state(state, "grad_avg", param)
+            new["grad_avg"] = first_moment(grad_avg, u, c["one_minus_alpha"])
+            denom = (new["square_avg"] - new["grad_avg"] * new["grad_avg"]).sqrt() + c["eps"]
         else:
-            denom = new["square_avg"].sqrt() + group["eps"]
-        if group["momentum"] > 0:
+            denom = new["square_avg"].sqrt() + c["eps"]
+        if flags["momentum"]:
             previous = _state(state, "momentum_buffer", param)
-            new["momentum_buffer"] = torch.addcdiv(previous * group["momentum"], u, denom)
+            new["momentum_buffer"] = previous * c["momentum"] + u / denom
             return new["momentum_buffer"], new
         return u / denom, new
 
@@ -209,24 +249,37 @@ class ScaleByAdam(Transform):
         "amsgrad": False,
     }
 
+    def flags(self, group: Group) -> dict[str, bool]:
+        return {"amsgrad": bool(group["amsgrad"])}
+
     def init(self, param, group):
         state = {"exp_avg": torch.zeros_like(param), "exp_avg_sq": torch.zeros_like(param)}
         if group["amsgrad"]:
             state["max_exp_avg_sq"] = torch.zeros_like(param)
         return state
 
-    def update(self, u, param, state, group, step):
+    def coefficients(self, group, step, state):
         beta1, beta2 = group["betas"]
+        return {
+            "one_minus_beta1": 1 - beta1,
+            "beta2": beta2,
+            "one_minus_beta2": 1 - beta2,
+            "inv_bias_correction1": 1 / bias_correction(beta1, step),
+            "inv_sqrt_bias_correction2": 1 / bias_correction(beta2, step) ** 0.5,
+            "eps": group["eps"],
+        }, {}
+
+    def apply(self, u, param, state, c, flags):
         new = {
-            "exp_avg": ema(state["exp_avg"], u, beta1),
-            "exp_avg_sq": ema_of_square(state["exp_avg_sq"], u, beta2),
+            "exp_avg": first_moment(state["exp_avg"], u, c["one_minus_beta1"]),
+            "exp_avg_sq": second_moment(state["exp_avg_sq"], u, c["beta2"], c["one_minus_beta2"]),
         }
         second = new["exp_avg_sq"]
-        if group["amsgrad"]:
+        if flags["amsgrad"]:
             second = torch.maximum(_state(state, "max_exp_avg_sq", param), second)
             new["max_exp_avg_sq"] = second
-        denom = second.sqrt() / bias_correction(beta2, step) ** 0.5 + group["eps"]
-        return new["exp_avg"] / denom / bias_correction(beta1, step), new
+        denom = second.sqrt() * c["inv_sqrt_bias_correction2"] + c["eps"]
+        return new["exp_avg"] / denom * c["inv_bias_correction1"], new
 
 
 class ScaleByNAdam(Transform):
@@ -254,41 +307,49 @@ class ScaleByNAdam(Transform):
 
     def init(self, param, group):
         return {
-            # A 0-dim tensor like torch's, so state dicts are interchangeable; float64 because
-            # the product of hundreds of factors near 1 would lose digits in float32.
-            "mu_product": torch.ones((), dtype=torch.float64, device=param.device),
+            # On the host in float64, like torch's CPU scalar: the product of hundreds of
+            # factors near 1 needs the digits, and reading it must not sync a device.
+            "mu_product": torch.ones((), dtype=torch.float64),
             "exp_avg": torch.zeros_like(param),
             "exp_avg_sq": torch.zeros_like(param),
         }
 
-    def update(self, u, param, state, group, step):
+    def coefficients(self, group, step, state):
         beta1, beta2 = group["betas"]
         decay = group["momentum_decay"]
         mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * decay))
         mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * decay))
         mu_product = state["mu_product"] * mu
-        mu_product_next = mu_product * mu_next
-        new = {
-            "mu_product": mu_product,
-            "exp_avg": ema(state["exp_avg"], u, beta1),
-            "exp_avg_sq": ema_of_square(state["exp_avg_sq"], u, beta2),
+        coefficients = {
+            "one_minus_beta1": 1 - beta1,
+            "beta2": beta2,
+            "one_minus_beta2": 1 - beta2,
+            "inv_sqrt_bias_correction2": 1 / bias_correction(beta2, step) ** 0.5,
+            "eps": group["eps"],
+            "current": (1.0 - mu) / (1.0 - mu_product),
+            "ahead": mu_next / (1.0 - mu_product * mu_next),
         }
-        denom = (new["exp_avg_sq"] / bias_correction(beta2, step)).sqrt() + group["eps"]
-        current = u * _as_param_scalar((1.0 - mu) / (1.0 - mu_product), param)
-        ahead = new["exp_avg"] * _as_param_scalar(mu_next / (1.0 - mu_product_next), param)
-        return (current + ahead) / denom, new
+        return coefficients, {"mu_product": mu_product}
+
+    def apply(self, u, param, state, c, flags):
+        new = {
+            "exp_avg": first_moment(state["exp_avg"], u, c["one_minus_beta1"]),
+            "exp_avg_sq": second_moment(state["exp_avg_sq"], u, c["beta2"], c["one_minus_beta2"]),
+        }
+        denom = new["exp_avg_sq"].sqrt() * c["inv_sqrt_bias_correction2"] + c["eps"]
+        return (u * c["current"] + new["exp_avg"] * c["ahead"]) / denom, new
+
+
+def _indicator(condition: bool | Tensor) -> Scalar:
+    # 1.0 or 0.0, as a float or (sync-free path) a float64 tensor: float32 here would round
+    # every coefficient it multiplies.
+    if isinstance(condition, Tensor):
+        return condition.to(torch.float64)
+    return 1.0 if condition else 0.0
 
 
 def _state(state: State, key: str, param: Tensor) -> Tensor:
-    # A hyperparameter may be switched on after the first step (e.g. momentum raised by a
-    # schedule); the missing buffer then starts at zero, as torch would have initialised it.
+    # A variant may be switched on after the first step (e.g. centered, or momentum raised by
+    # a schedule); the missing buffer then starts at zero, as torch would have initialised it.
     value = state.get(key)
     return torch.zeros_like(param) if value is None else value
-
-
-def _as_param_scalar(value: float | Tensor, param: Tensor) -> float | Tensor:
-    # 0-dim state tensors (mu_product) are float64 on the parameter's device; multiplying a
-    # float32 tensor by them must not promote the update to float64.
-    if isinstance(value, Tensor):
-        return value.to(param.dtype)
-    return value
