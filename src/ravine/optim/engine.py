@@ -29,6 +29,7 @@ asynchronously and the error is raised at the start of the next ``step()`` (or b
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -36,9 +37,12 @@ import torch
 from torch import Tensor
 
 from ravine.optim._math import clip_coefficient, finite_flags, global_norm
+from ravine.optim.flat import FlatBucket, FusedKernels, Unflattenable, fused_update
 from ravine.optim.transforms import Transform
 
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
+ENGINES = ("simple", "flat")
+EAGER_CHUNK = 1 << 16  # elements per eager flat pass: a few temporaries of this fit in L2
 
 #: Hyperparameters every ravine optimizer understands, on top of its own.
 COMMON_HYPERPARAMS: Mapping[str, Any] = {
@@ -79,8 +83,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         transforms: Sequence[Transform],
         *,
         nonfinite: str = "raise",
+        engine: str = "simple",
+        compile: bool = True,
         **hyperparams: Any,
     ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(
                 f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}; got {nonfinite!r}"
@@ -103,6 +111,11 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._pending_check: tuple[Tensor, Any, list] | None = None
         # Tests flip this to exercise the accelerator's sync-free path on CPU.
         self._force_guarded = False
+        self.engine = engine
+        self._buckets: list[FlatBucket] | None = None
+        self._bucket_key: tuple | None = None
+        self._kernels = FusedKernels(compile=compile)
+        self._fallback_warned = False
         super().__init__(params, defaults)
 
     # -- param groups -----------------------------------------------------------------------
@@ -149,6 +162,19 @@ class ChainOptimizer(torch.optim.Optimizer):
         guarded = self.nonfinite != "ignore" and (
             self._force_guarded or any(g.device.type != "cpu" for g in grads)
         )
+        if self.engine == "flat":
+            try:
+                self._flat_step(work, guarded)
+                return loss
+            except Unflattenable as reason:
+                self._buckets = None
+                if not self._fallback_warned:
+                    warnings.warn(
+                        f"flat engine: {reason}; this step runs on the simple engine",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    self._fallback_warned = True
 
         finite = flags = None
         if self.nonfinite != "ignore":
@@ -189,6 +215,160 @@ class ChainOptimizer(torch.optim.Optimizer):
             self._after_guarded_step(finite, flags, work)
         return loss
 
+    # -- the flat engine --------------------------------------------------------------------
+
+    def _flat_buckets(self, work: list) -> list[FlatBucket]:
+        """The buckets for this step, built (or rebuilt) when the layout changed."""
+        # The layout follows the parameters that have gradients, as torch.optim updates exactly
+        # those; a parameter that joins or leaves rebuilds it (at equal step counts).
+        key = tuple(
+            (
+                id(group),
+                tuple(id(p) for p in params),
+                tuple(stage.active(group) for stage in self.transforms),
+                tuple(tuple(stage.flags(group).items()) for stage in self.transforms),
+            )
+            for group, params in work
+        )
+        for _, params in work:
+            for p in params:
+                if p.grad.is_sparse or torch.is_complex(p) or p.grad.layout != torch.strided:
+                    raise Unflattenable("sparse or complex gradients")
+        reusable = self._buckets is not None and key == self._bucket_key
+        if reusable and all(b.layout_intact() for b in self._buckets):
+            for bucket in self._buckets:
+                bucket.sync(self.state)
+            return self._buckets
+        buckets = []
+        for group, params in work:
+            stages = [stage for stage in self.transforms if stage.active(group)]
+            by_kind: dict[tuple, list[Tensor]] = {}
+            for p in params:
+                by_kind.setdefault((p.device, p.dtype), []).append(p)
+            for members in by_kind.values():
+                bucket = FlatBucket(members, group, stages, self.state, _step_dtype())
+                bucket.group = group
+                buckets.append(bucket)
+        self._buckets, self._bucket_key = buckets, key
+        return buckets
+
+    def _flat_step(self, work: list, guarded: bool) -> None:
+        buckets = self._flat_buckets(work)
+        finite = flags = None
+        if self.nonfinite != "ignore":
+            flags = finite_flags([b.grad for b in buckets])  # (buckets,)
+            finite = flags.all()
+            if not guarded and not bool(finite):
+                if self.nonfinite == "raise":
+                    raise NonFiniteGradientError(self._describe_nonfinite(work))
+                self._skipped_host += 1
+                return
+        clipped = [
+            torch.clamp(b.grad, -b.group["clip_value"], b.group["clip_value"])
+            if b.group["clip_value"] is not None
+            else b.grad
+            for b in buckets
+        ]
+        total_norm = None
+        if any(b.group["max_grad_norm"] is not None for b in buckets):
+            total_norm = global_norm(clipped)
+        for bucket in buckets:
+            self._flat_update(bucket, total_norm, finite if guarded else None)
+        if guarded:
+            per_param = torch.cat(
+                [flag.expand(len(b.params)) for flag, b in zip(flags, buckets, strict=True)]
+            )
+            work = [(b.group, b.params) for b in buckets]
+            self._after_guarded_step(finite, per_param, work)
+
+    def _flat_update(
+        self, bucket: FlatBucket, total_norm: Tensor | None, finite: Tensor | None
+    ) -> None:
+        group = bucket.group
+        stages = [stage for stage in self.transforms if stage.active(group)]
+        flags = [stage.flags(group) for stage in stages]
+        if finite is None:
+            bucket.step += 1
+            step: float | Tensor = bucket.step.item()
+        else:
+            wide = torch.float32 if bucket.device.type == "mps" else torch.float64
+            previous_step = bucket.step.to(bucket.device, wide)
+            step = previous_step + 1
+        scalars_view = dict(bucket.scalars)
+        if finite is not None:
+            scalars_view = {k: v.to(bucket.device) for k, v in scalars_view.items()}
+        coefficients, new_scalars = [], {}
+        for stage in stages:
+            c, produced = stage.coefficients(group, step, scalars_view)
+            coefficients.append(c)
+            new_scalars.update(produced)
+            scalars_view.update(produced)
+        numbers = [group["lr"]] + [v for c in coefficients for v in c.values()]
+        if group["clip_value"] is not None:
+            numbers.append(group["clip_value"])
+        if self._kernels.compiling or finite is not None:
+            # A compiled kernel gets every number as a 0-dim tensor in the parameters' dtype:
+            # values change every step (bias corrections, schedules) without recompiling.
+            packed = _pack(numbers, bucket)
+        else:
+            # Eager kernels are fastest with plain Python scalars.
+            packed = [float(n) for n in numbers]
+        lr, rest = packed[0], packed[1:]
+        tensors, i = [], 0
+        for c in coefficients:
+            tensors.append(dict(zip(c, rest[i : i + len(c)], strict=True)))
+            i += len(c)
+        clip = rest[i] if group["clip_value"] is not None else None
+        scale = None
+        if group["max_grad_norm"] is not None:
+            scale = clip_coefficient(total_norm, group["max_grad_norm"]).to(bucket.param)
+        structure = (
+            tuple(type(stage) for stage in stages),
+            tuple(tuple(f.items()) for f in flags),
+            clip is not None,
+            scale is not None,
+            bool(group["maximize"]),
+            finite is not None,
+        )
+        kernel = self._kernels.get(structure, lambda: fused_update(stages, flags, *structure[2:]))
+        if self._kernels.compiling:
+            kernel(bucket.param, bucket.grad, bucket.state, tensors, lr, clip, scale, finite)
+        else:
+            # Eagerly, each operation of the chain makes a temporary: over cache-sized chunks
+            # they stay in cache and the allocator reuses them, instead of faulting in fresh
+            # pages for every full-length temporary.
+            for start in range(0, bucket.numel, EAGER_CHUNK):
+                end = start + EAGER_CHUNK
+                chunk_state = {k: v[start:end] for k, v in bucket.state.items()}
+                kernel(
+                    bucket.param[start:end],
+                    bucket.grad[start:end],
+                    chunk_state,
+                    tensors,
+                    lr,
+                    clip,
+                    scale,
+                    finite,
+                )
+        if finite is None:
+            bucket.scalars.update(new_scalars)
+        else:
+            bucket.step = torch.where(finite, step, previous_step).to(bucket.step.dtype)
+            for key, value in new_scalars.items():
+                bucket.scalars[key] = torch.where(finite, value, scalars_view[key])
+        for p in bucket.params:
+            self.state[p]["step"] = bucket.step
+            self.state[p].update(bucket.scalars)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset gradients. With the flat engine they are zeroed in place whatever
+        ``set_to_none`` says: they are views into flat storage that backward writes into."""
+        if self.engine != "flat" or self._buckets is None:
+            return super().zero_grad(set_to_none=set_to_none)
+        for bucket in self._buckets:
+            bucket.zero_grad()
+        return None
+
     def _update_parameter(
         self, p: Tensor, grad: Tensor, group: Mapping[str, Any], finite: Tensor | None
     ) -> None:
@@ -204,7 +384,9 @@ class ChainOptimizer(torch.optim.Optimizer):
                     state.setdefault(key, value)
 
         if finite is None:
-            state["step"] += 1
+            # Rebound, not incremented in place: the flat engine shares one step tensor
+            # between the parameters of a bucket.
+            state["step"] = state["step"] + 1
             step: float | Tensor = state["step"].item()  # host tensor: no device sync
         else:
             # float64 (where the device has it) so that beta**step is as exact as the host
@@ -319,6 +501,20 @@ class _ChainedState(Mapping):
 
     def __len__(self) -> int:
         return len(set(self._committed) | set(self._new))
+
+
+def _pack(numbers: list, bucket: FlatBucket) -> list[Tensor]:
+    """Numbers (floats or 0-dim tensors) as 0-dim tensors of the bucket's dtype and device."""
+    if all(not isinstance(n, Tensor) for n in numbers):
+        host = torch.tensor(numbers, dtype=torch.float64).to(bucket.dtype)
+        packed = host.to(bucket.device, non_blocking=True) if bucket.device.type != "cpu" else host
+        return list(packed.unbind())
+    return [
+        (n if isinstance(n, Tensor) else torch.tensor(n, dtype=torch.float64))
+        .to(bucket.device)
+        .to(bucket.dtype)
+        for n in numbers
+    ]
 
 
 def _check_supported(p: Tensor) -> None:

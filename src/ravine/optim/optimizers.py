@@ -13,6 +13,8 @@ Every optimizer also accepts, beyond torch's arguments:
   preconditioner) instead of as an L2 term added to the gradient.
 * ``nonfinite``: ``"raise"`` (default), ``"skip"`` or ``"ignore"`` a step with NaN/Inf
   gradients (see ``engine.py``).
+* ``engine``: ``"simple"`` (default: per tensor, eager) or ``"flat"`` (contiguous storage, one
+  fused pass per step, compiled unless ``compile=False``; see ``flat.py``).
 """
 
 from __future__ import annotations
@@ -83,8 +85,17 @@ class SGD(ChainOptimizer):
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
         nonfinite: str = "raise",
+        engine: str = "simple",
+        compile: bool = True,
     ) -> None:
-        super().__init__(params, self.chain, nonfinite=nonfinite, **_hyperparams(locals()))
+        super().__init__(
+            params,
+            self.chain,
+            nonfinite=nonfinite,
+            engine=engine,
+            compile=compile,
+            **_hyperparams(locals()),
+        )
 
     def validate_group(self, group: Mapping[str, Any]) -> None:
         super().validate_group(group)
@@ -173,8 +184,17 @@ class Adagrad(ChainOptimizer):
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
         nonfinite: str = "raise",
+        engine: str = "simple",
+        compile: bool = True,
     ) -> None:
-        super().__init__(params, self.chain, nonfinite=nonfinite, **_hyperparams(locals()))
+        super().__init__(
+            params,
+            self.chain,
+            nonfinite=nonfinite,
+            engine=engine,
+            compile=compile,
+            **_hyperparams(locals()),
+        )
 
     def validate_group(self, group: Mapping[str, Any]) -> None:
         super().validate_group(group)
@@ -233,8 +253,17 @@ class RMSprop(ChainOptimizer):
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
         nonfinite: str = "raise",
+        engine: str = "simple",
+        compile: bool = True,
     ) -> None:
-        super().__init__(params, self.chain, nonfinite=nonfinite, **_hyperparams(locals()))
+        super().__init__(
+            params,
+            self.chain,
+            nonfinite=nonfinite,
+            engine=engine,
+            compile=compile,
+            **_hyperparams(locals()),
+        )
 
     def validate_group(self, group: Mapping[str, Any]) -> None:
         super().validate_group(group)
@@ -292,8 +321,17 @@ class Adam(ChainOptimizer):
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
         nonfinite: str = "raise",
+        engine: str = "simple",
+        compile: bool = True,
     ) -> None:
-        super().__init__(params, self.chain, nonfinite=nonfinite, **_hyperparams(locals()))
+        super().__init__(
+            params,
+            self.chain,
+            nonfinite=nonfinite,
+            engine=engine,
+            compile=compile,
+            **_hyperparams(locals()),
+        )
 
     def validate_group(self, group: Mapping[str, Any]) -> None:
         super().validate_group(group)
@@ -384,8 +422,17 @@ class NAdam(ChainOptimizer):
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
         nonfinite: str = "raise",
+        engine: str = "simple",
+        compile: bool = True,
     ) -> None:
-        super().__init__(params, self.chain, nonfinite=nonfinite, **_hyperparams(locals()))
+        super().__init__(
+            params,
+            self.chain,
+            nonfinite=nonfinite,
+            engine=engine,
+            compile=compile,
+            **_hyperparams(locals()),
+        )
 
     def validate_group(self, group: Mapping[str, Any]) -> None:
         super().validate_group(group)
@@ -397,7 +444,7 @@ class NAdam(ChainOptimizer):
 
 def _hyperparams(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """A constructor's ``locals()`` minus what is not a group hyperparameter."""
-    skip = {"self", "params", "nonfinite", "__class__"}
+    skip = {"self", "params", "nonfinite", "engine", "compile", "__class__"}
     hyperparams = {k: v for k, v in arguments.items() if k not in skip}
     if isinstance(hyperparams.get("betas"), list):
         hyperparams["betas"] = tuple(hyperparams["betas"])

@@ -1,0 +1,241 @@
+"""The flat engine: a param group's parameters, gradients and state in contiguous storage, and
+one fused pass per step over it.
+
+For each param group and each (device, dtype) among its parameters, a :class:`FlatBucket`
+holds one buffer for the parameters, one for the gradients and one per state tensor.
+Parameters, ``.grad`` and ``optimizer.state[p][key]`` become views into them, so ``backward()``
+accumulates straight into flat storage, ``state_dict()`` sees ordinary per-parameter tensors,
+and one step is one pass over a few long vectors instead of a Python loop over tensors.
+
+The pass runs every stage's elementwise half (``Transform.apply``) with the scalar half
+(``Transform.coefficients``) computed once per bucket on the host and handed in as 0-dim
+tensors, so that ``torch.compile`` fuses the whole chain into one kernel that a new ``lr``
+does not recompile. Without compilation the same function runs eagerly on the flat buffers.
+
+Anything that breaks the layout is repaired, never trusted: a ``.grad`` replaced by a new
+tensor (``model.zero_grad()`` sets them to None and backward allocates new ones) is copied
+in, a state tensor replaced by ``load_state_dict`` is copied in, a parameter whose ``.data``
+was replaced rebuilds the bucket. Steps the flat layout cannot express — a parameter without
+a gradient while others have one, parameters of one bucket at different step counts, sparse
+or complex gradients — go to the simple engine with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ravine.optim.transforms import Transform
+
+
+class FlatBucket:
+    """Parameters of one group on one (device, dtype), their gradients and their state, flat."""
+
+    def __init__(
+        self,
+        params: Sequence[Tensor],
+        group: Mapping[str, Any],
+        stages: Sequence[Transform],
+        state: dict[Tensor, dict[str, Any]],
+        step_dtype: torch.dtype,
+    ) -> None:
+        self.params = list(params)
+        steps = {float(state[p]["step"]) for p in self.params if "step" in state.get(p, {})}
+        if len(steps) > 1:
+            raise Unflattenable("parameters of one group are at different step counts")
+        first = self.params[0]
+        self.device, self.dtype = first.device, first.dtype
+        self.offsets, total = [], 0
+        for p in self.params:
+            self.offsets.append(total)
+            total += p.numel()
+        self.numel = total
+        self.param = torch.empty(total, device=self.device, dtype=self.dtype)
+        self.grad = torch.zeros(total, device=self.device, dtype=self.dtype)
+        for p, view in zip(self.params, self._views(self.param), strict=True):
+            view.copy_(p.detach())
+            p.data = view
+        for p, view in zip(self.params, self._views(self.grad), strict=True):
+            if p.grad is not None:
+                view.copy_(p.grad)
+            p.grad = view
+
+        # Per-element state: the stages' initial values, overwritten by whatever the
+        # parameters already have (a step taken by the simple engine, a loaded state dict).
+        self.state: dict[str, Tensor] = {}
+        self.scalars: dict[str, Tensor] = {}
+        started = bool(steps)
+        self.step = torch.tensor(steps.pop() if steps else 0.0, dtype=step_dtype)
+        for stage in stages:
+            for key, value in stage.init(self.param, group).items():
+                if value.dim() == 0:
+                    self.scalars[key] = value
+                else:
+                    self.state[key] = value
+        for p in self.params:
+            for key, value in state.get(p, {}).items():
+                if key in self.scalars and isinstance(value, Tensor):
+                    self.scalars[key] = value.detach().to("cpu", torch.float64).clone()
+        self._attach_state(state, started)
+
+    def _views(self, flat: Tensor) -> list[Tensor]:
+        return [
+            flat[o : o + p.numel()].view_as(p)
+            for p, o in zip(self.params, self.offsets, strict=True)
+        ]
+
+    def _attach_state(self, state: dict[Tensor, dict[str, Any]], started: bool) -> None:
+        """Make ``state[p][key]`` views into flat storage, copying in what is already there."""
+        for key, flat in self.state.items():
+            for p, view in zip(self.params, self._views(flat), strict=True):
+                existing = state.setdefault(p, {}).get(key)
+                if isinstance(existing, Tensor) and existing.shape == p.shape:
+                    view.copy_(existing)
+                state[p][key] = view
+        for p in self.params:
+            state.setdefault(p, {})
+            state[p]["step"] = self.step
+            for key, value in self.scalars.items():
+                state[p][key] = value
+        self._started = started
+
+    def layout_intact(self) -> bool:
+        """Whether every parameter still lives in the flat buffer (else the bucket is rebuilt)."""
+        size = self.param.element_size()
+        base = self.param.data_ptr()
+        # Zero-size tensors have no storage to point into (data_ptr 0): nothing to check.
+        return all(
+            p.dtype == self.dtype and (p.numel() == 0 or p.data_ptr() == base + o * size)
+            for p, o in zip(self.params, self.offsets, strict=True)
+        )
+
+    def sync(self, state: dict[Tensor, dict[str, Any]]) -> None:
+        """Copy in gradients and state tensors that were replaced since the last step."""
+        size = self.grad.element_size()
+        for p, o in zip(self.params, self.offsets, strict=True):
+            grad = p.grad
+            if p.numel() and grad.data_ptr() != self.grad.data_ptr() + o * size:
+                self.grad[o : o + p.numel()].view_as(p).copy_(grad)
+                p.grad = self.grad[o : o + p.numel()].view_as(p)
+        for key, flat in self.state.items():
+            base = flat.data_ptr()
+            for p, o in zip(self.params, self.offsets, strict=True):
+                value = state[p].get(key)
+                if value is None or (p.numel() and value.data_ptr() != base + o * size):
+                    if value is not None:
+                        flat[o : o + p.numel()].view_as(p).copy_(value)
+                    state[p][key] = flat[o : o + p.numel()].view_as(p)
+        steps = {float(state[p]["step"]) for p in self.params}
+        if len(steps) > 1:
+            raise Unflattenable("parameters of one group are at different step counts")
+        self.step = torch.tensor(steps.pop(), dtype=self.step.dtype)
+        for key in self.scalars:
+            value = state[self.params[0]][key]
+            self.scalars[key] = value.detach().to("cpu", torch.float64)
+        for p in self.params:
+            state[p]["step"] = self.step
+            for key, value in self.scalars.items():
+                state[p][key] = value
+
+    def zero_grad(self) -> None:
+        self.grad.zero_()
+
+
+class Unflattenable(Exception):
+    """This step cannot run on flat storage; the simple engine takes it."""
+
+
+def fused_update(
+    stages: Sequence[Transform],
+    flags: Sequence[Mapping[str, bool]],
+    clip_value: bool,
+    clip_scale: bool,
+    maximize: bool,
+    guarded: bool,
+) -> Callable[..., None]:
+    """The step over one bucket, with the structure (stages, variants, options) baked in.
+
+    Its arguments are tensors only — flat param, grad, state buffers, and the 0-dim
+    coefficients — so a compiled version is reused whatever the hyperparameters' values.
+    """
+
+    def update(
+        param: Tensor,
+        grad: Tensor,
+        state: dict[str, Tensor],
+        coefficients: list[dict[str, Tensor]],
+        lr: Tensor,
+        clip: Tensor | None,
+        scale: Tensor | None,
+        finite: Tensor | None,
+    ) -> None:
+        u = grad
+        if clip_value:
+            u = torch.clamp(u, -clip, clip)
+        if clip_scale:
+            u = u * scale
+        if maximize:
+            u = -u
+        new: dict[str, Tensor] = {}
+        view = {**state}
+        for stage, stage_flags, c in zip(stages, flags, coefficients, strict=True):
+            u, produced = stage.apply(u, param, view, c, stage_flags)
+            new.update(produced)
+            view.update(produced)
+        updated = param - lr * u
+        if guarded:
+            updated = torch.where(finite, updated, param)
+            new = {k: torch.where(finite, v, state[k]) for k, v in new.items()}
+        param.copy_(updated)
+        for key, value in new.items():
+            state[key].copy_(value)
+
+    return update
+
+
+class FusedKernels:
+    """Compiled (or eager) ``fused_update`` functions, one per structure, built on first use."""
+
+    def __init__(self, compile: bool, backend: Any = "inductor") -> None:
+        self.compile = compile
+        self.backend = backend
+        self._cache: dict[tuple, Callable[..., None]] = {}
+        self.compile_failed = False
+
+    @property
+    def compiling(self) -> bool:
+        return self.compile and not self.compile_failed
+
+    def get(self, key: tuple, build: Callable[[], Callable[..., None]]) -> Callable[..., None]:
+        kernel = self._cache.get(key)
+        if kernel is None:
+            kernel = build()
+            if self.compile and not self.compile_failed:
+                kernel = _compiled(kernel, self)
+            self._cache[key] = kernel
+        return kernel
+
+
+def _compiled(kernel: Callable[..., None], owner: FusedKernels) -> Callable[..., None]:
+    compiled = torch.compile(kernel, fullgraph=True, dynamic=False, backend=owner.backend)
+
+    def run(*args: Any) -> None:
+        if owner.compile_failed:
+            return kernel(*args)
+        try:
+            return compiled(*args)
+        except Exception as error:  # no C++ toolchain, unsupported backend, ...
+            owner.compile_failed = True
+            warnings.warn(
+                f"torch.compile failed ({type(error).__name__}: {error}); the flat engine "
+                "continues without compilation",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return kernel(*args)
+
+    return run

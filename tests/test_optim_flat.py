@@ -1,0 +1,201 @@
+"""The flat engine against the simple engine: same numbers, views into flat storage, repairs
+and fallbacks, and no recompilation when hyperparameters change."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch._dynamo.testing
+
+import ravine.optim as ro
+from ravine.optim.flat import FusedKernels
+
+SHAPES = [(7, 5), (5,), (0,), (3, 4, 2), (1,)]
+HYPER = {"lr": 0.01, "weight_decay": 0.01, "max_grad_norm": 2.0}
+
+
+def _model(seed: int) -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=g)) for s in SHAPES]
+
+
+def _groups(params):
+    return [{"params": params[:2]}, {"params": params[2:], "lr": 0.003}]
+
+
+def _loss(params, step):
+    g = torch.Generator().manual_seed(step)
+    return sum((torch.randn(p.shape, generator=g) * p).sum() + p.pow(2).sum() for p in params)
+
+
+def _run(opt, params, steps, *, set_to_none=False):
+    for step in range(steps):
+        if set_to_none:
+            for p in params:
+                p.grad = None  # what model.zero_grad() does
+        else:
+            opt.zero_grad()
+        _loss(params, step).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("name", list(ro.OPTIMIZERS))
+def test_flat_equals_simple_float32_after_100_steps(name):
+    simple, flat = _model(0), _model(0)
+    opt_simple = ro.make_optimizer(name, _groups(simple), **HYPER)
+    opt_flat = ro.make_optimizer(name, _groups(flat), **HYPER, engine="flat", compile=False)
+    _run(opt_simple, simple, 100)
+    _run(opt_flat, flat, 100)
+    for a, b in zip(simple, flat, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    state_simple, state_flat = opt_simple.state_dict(), opt_flat.state_dict()
+    for index, state in state_simple["state"].items():
+        for key, value in state.items():
+            torch.testing.assert_close(
+                state_flat["state"][index][key].to(value), value, rtol=1e-6, atol=1e-6
+            )
+
+
+def test_parameters_gradients_and_state_are_views_into_flat_storage():
+    params = _model(1)
+    opt = ro.Adam(_groups(params), lr=0.01, engine="flat", compile=False)
+    _run(opt, params, 2)
+    first, second = opt._buckets
+    assert first.params == params[:2] and second.params == params[2:]
+    for bucket in opt._buckets:
+        for p, offset in zip(bucket.params, bucket.offsets, strict=True):
+            if p.numel() == 0:
+                continue  # no storage to point into
+            size = p.element_size()
+            assert p.data_ptr() == bucket.param.data_ptr() + offset * size
+            assert p.grad.data_ptr() == bucket.grad.data_ptr() + offset * size
+            exp_avg = opt.state[p]["exp_avg"]
+            assert exp_avg.data_ptr() == bucket.state["exp_avg"].data_ptr() + offset * size
+    grads = {id(p): p.grad for p in params}
+    _run(opt, params, 1)
+    assert all(p.grad is grads[id(p)] for p in params)  # backward wrote into the views
+
+
+def test_replaced_gradients_and_loaded_state_are_copied_in():
+    reference, flat = _model(2), _model(2)
+    opt_ref = ro.NAdam(_groups(reference), lr=0.01)
+    opt_flat = ro.NAdam(_groups(flat), lr=0.01, engine="flat", compile=False)
+    _run(opt_ref, reference, 5)
+    _run(opt_flat, flat, 5, set_to_none=True)  # fresh .grad tensors every step: copied in
+    for a, b in zip(reference, flat, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    saved_state = copy.deepcopy(opt_flat.state_dict())
+    saved_params = [p.detach().clone() for p in flat]
+    _run(opt_flat, flat, 3)  # wander off...
+    for p, saved in zip(flat, saved_params, strict=True):
+        p.data.copy_(saved)  # ...and come back to step 5: parameters in place, state loaded
+    opt_flat.load_state_dict(saved_state)
+    _run(opt_ref, reference, 5)
+    _run(opt_flat, flat, 5)
+    for a, b in zip(reference, flat, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_state_dicts_move_between_engines():
+    simple, flat = _model(3), _model(3)
+    opt_simple = ro.RMSprop(_groups(simple), lr=0.01, momentum=0.5, centered=True)
+    _run(opt_simple, simple, 4)
+    for p, q in zip(flat, simple, strict=True):
+        p.data.copy_(q.data)
+    opt_flat = ro.RMSprop(
+        _groups(flat), lr=0.01, momentum=0.5, centered=True, engine="flat", compile=False
+    )
+    opt_flat.load_state_dict(copy.deepcopy(opt_simple.state_dict()))
+    _run(opt_simple, simple, 6)
+    _run(opt_flat, flat, 6)
+    for a, b in zip(simple, flat, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    back = ro.RMSprop(_groups(_model(3)), lr=0.01, momentum=0.5, centered=True)
+    back.load_state_dict(copy.deepcopy(opt_flat.state_dict()))  # and the other way
+    assert back.state_dict()["state"][0]["step"] == 10
+
+
+def test_missing_gradient_falls_back_with_a_warning_and_stays_correct():
+    simple, flat = _model(4), _model(4)
+    opt_simple = ro.Adam(simple, lr=0.01)
+    opt_flat = ro.Adam(flat, lr=0.01, engine="flat", compile=False)
+    for opt, params in ((opt_simple, simple), (opt_flat, flat)):
+        _run(opt, params, 2)
+    for opt, params in ((opt_simple, simple), (opt_flat, flat)):
+        opt.zero_grad()
+        _loss(params, 7).backward()
+        params[1].grad = None  # this parameter took no part in this step
+    opt_simple.step()
+    opt_flat.step()  # the others are updated, this one is not: as torch.optim does
+    _run(opt_simple, simple, 3)
+    with pytest.warns(RuntimeWarning, match="different step counts"):
+        _run(opt_flat, flat, 3)  # counts now differ: the simple engine takes over
+    for a, b in zip(simple, flat, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_freezing_a_parameter_later_rebuilds_the_layout():
+    simple, flat = _model(5), _model(5)
+    opt_simple = ro.SGD(simple, lr=0.01, momentum=0.9)
+    opt_flat = ro.SGD(flat, lr=0.01, momentum=0.9, engine="flat", compile=False)
+    _run(opt_simple, simple, 3)
+    _run(opt_flat, flat, 3)
+    for params in (simple, flat):
+        params[0].requires_grad_(False)
+        params[0].grad = None
+    _run(opt_simple, simple, 3)
+    _run(opt_flat, flat, 3)
+    assert all(p is not flat[0] for p in opt_flat._buckets[0].params)
+    for a, b in zip(simple, flat, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["host-branch", "sync-free"])
+def test_nonfinite_skip_on_the_flat_engine(guarded):
+    params = _model(6)
+    opt = ro.Adam(params, lr=0.01, nonfinite="skip", engine="flat", compile=False)
+    opt._force_guarded = guarded
+    _run(opt, params, 2)
+    before = [p.detach().clone() for p in params]
+    state_before = copy.deepcopy(opt.state_dict()["state"])
+    opt.zero_grad()
+    _loss(params, 9).backward()
+    params[3].grad[0, 0, 0] = float("inf")
+    opt.step()
+    assert opt.skipped_steps == 1
+    for p, b in zip(params, before, strict=True):
+        assert torch.equal(p.detach(), b)
+    state = opt.state_dict()["state"]
+    for index, values in state_before.items():
+        for key, value in values.items():
+            assert torch.equal(torch.as_tensor(state[index][key]).to(value), value), key
+
+
+def test_compiled_flat_engine_matches_and_does_not_recompile_when_lr_changes():
+    counter = torch._dynamo.testing.CompileCounter()
+    simple, flat = _model(7), _model(7)
+    opt_simple = ro.Adam(simple, lr=0.01, betas=(0.9, 0.99))
+    opt_flat = ro.Adam(flat, lr=0.01, betas=(0.9, 0.99), engine="flat")
+    opt_flat._kernels = FusedKernels(compile=True, backend=counter)
+    schedules = [
+        torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=12)
+        for opt in (opt_simple, opt_flat)
+    ]  # changes lr and beta1 on every step
+    for step in range(12):
+        for opt, params, schedule in zip(
+            (opt_simple, opt_flat), (simple, flat), schedules, strict=True
+        ):
+            opt.zero_grad()
+            _loss(params, step).backward()
+            opt.step()
+            schedule.step()
+    assert counter.frame_count == 1
+    for a, b in zip(simple, flat, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_unknown_engine_is_rejected():
+    with pytest.raises(ValueError, match="engine must be one of simple, flat; got 'fast'"):
+        ro.Adam(_model(0), engine="fast")
