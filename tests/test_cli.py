@@ -18,10 +18,11 @@ README = ROOT / "README.md"
 
 def documented_commands() -> list[str]:
     """Every ``$ ravine ...`` line of README.md and every ``ravine ...`` example in --help."""
-    from ravine.cli.main import compare
+    from ravine.cli.main import compare, train
 
     commands = re.findall(r"^\$ (ravine .+)$", README.read_text(), flags=re.MULTILINE)
-    commands += re.findall(r"^\s+(ravine compare.*)$", compare.__doc__, flags=re.MULTILINE)
+    for command in (compare, train):
+        commands += re.findall(r"^\s+(ravine \w+ ?.*)$", command.__doc__, flags=re.MULTILINE)
     return list(dict.fromkeys(commands))
 
 
@@ -34,10 +35,15 @@ def test_documented_command_runs(command, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # default output folders land in the temporary directory
     argv = shlex.split(command)[1:]
     assert main(argv) == 0, capsys.readouterr().err
-    if argv and argv[0] == "compare" and "--help" not in argv:
-        (folder,) = (tmp_path / "ravine-runs").iterdir()
+    if "--help" in argv or "--out" in argv:
+        return
+    (folder,) = (tmp_path / "ravine-runs").iterdir()
+    if argv[0] == "compare":
         assert (folder / "summary.csv").exists()
         assert "#" in capsys.readouterr().out  # the ranked table was printed
+    elif argv[0] == "train":
+        assert (folder / "model.pt").exists()
+        assert "final: " in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -52,7 +58,12 @@ def test_documented_command_runs(command, tmp_path, monkeypatch, capsys):
         (["compare", "--steps", "many"], "Invalid value for '--steps'"),
         (["compare", "--format", "gif"], "--format must be png or svg"),
         (["compare", "--bogus"], "No such option: --bogus"),
-        (["train"], "No such command 'train'"),
+        (["probe"], "No such command 'probe'"),
+        (["train", "--optimizer", "lion"], "unknown optimizer 'lion'; valid: sgd"),
+        (["train", "--model", "resnet"], "unknown model 'resnet'; valid: presets"),
+        (["train", "--config", "missing.toml"], "config file missing.toml does not exist"),
+        (["train", "--opt-arg", "momentum"], "'momentum' is not KEY=VALUE"),
+        (["train", "--dataset", "imagenet"], "unknown"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch):

@@ -98,7 +98,7 @@ def prepare_data(config: TrainConfig) -> Splits:
     """Load the data set, hold out a validation split, standardize on the training split."""
     try:
         dataset = load_dataset(config.dataset, **config.dataset_args)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ConfigError(f"data: {error}") from None
     x_train, y_train = dataset.x_train, dataset.y_train
     x_test, y_test = dataset.x_test, dataset.y_test
@@ -200,7 +200,6 @@ def train(
     if config.restarts > 1:
         raise ConfigError("train() runs one network; restarts > 1 go to train_restarts()")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     config_text = dump_toml(config.to_toml_tables())
     streams = seeds(config.seed)
 
@@ -232,6 +231,7 @@ def train(
     best = {"loss": math.inf, "epoch": 0, "state": None}
     start_epoch, step, resumed_from = 0, 0, None
 
+    out.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves no folder behind
     checkpoint_path = out / CHECKPOINT
     if resume and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
