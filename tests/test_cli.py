@@ -33,7 +33,7 @@ def test_readme_documents_commands():
 @pytest.mark.parametrize("command", documented_commands())
 def test_documented_command_runs(command, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # default output folders land in the temporary directory
-    argv = shlex.split(command)[1:]
+    argv = [a.replace("configs/", f"{ROOT}/configs/", 1) for a in shlex.split(command)[1:]]
     assert main(argv) == 0, capsys.readouterr().err
     if "--help" in argv or "--out" in argv:
         return
