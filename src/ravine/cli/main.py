@@ -277,7 +277,12 @@ def _run_training(run, out: Path) -> None:
             progress.update(task, completed=info["step"], total=info["total"], status=status)
 
         try:
-            result = train(run, out, on_progress=on_progress)
+            if run.restarts > 1:
+                from ravine.train import train_restarts
+
+                result = train_restarts(run, out, on_progress=on_progress)
+            else:
+                result = train(run, out, on_progress=on_progress)
         except ConfigError as error:
             raise UsageFailure(str(error)) from None
         except NonFiniteGradientError as error:
@@ -286,8 +291,11 @@ def _run_training(run, out: Path) -> None:
             raise typer.Exit(1) from None
     if result.resumed_from_epoch:
         console.print(f"resumed from epoch {result.resumed_from_epoch}")
-    final = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items())
-    console.print(f"final: {final}")
+    if run.restarts > 1:
+        _print_restarts(console, result)
+    else:
+        final = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items())
+        console.print(f"final: {final}")
     if result.ensemble:
         e = result.ensemble
         console.print(
@@ -295,6 +303,28 @@ def _run_training(run, out: Path) -> None:
             + ", ".join(f"{k} {v:.4g}" for k, v in e.items() if k != "members")
         )
     console.print(f"wrote {out}/")
+
+
+def _print_restarts(console, result) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result.restarts} restarts ({result.method})", title_justify="left")
+    for column in ("metric", "best", "median", "worst", "std"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for metric, stats in result.summary.items():
+        if isinstance(stats, dict) and "median" in stats:
+            table.add_row(
+                metric, *(f"{stats[k]:.4g}" for k in ("best", "median", "worst", "std"))
+            )
+    console.print(table)
+    if result.ensemble:
+        console.print(
+            "ensemble of the restarts: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in result.ensemble.items())
+        )
+    if result.diverged:
+        console.print(f"diverged restarts: {', '.join(map(str, result.diverged))}")
+    console.print(f"final: per-restart metrics in {result.out_dir}/restarts.csv")
 
 
 def main(argv: list[str] | None = None) -> int:
