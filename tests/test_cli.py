@@ -86,7 +86,9 @@ def test_installed_entry_point_has_no_traceback_and_help_skips_torch():
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
     probe = "import sys; from ravine.cli.main import main; main(['--help']); print('torch' in sys.modules)"
-    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
     assert "compare" in shown.stdout
     assert shown.stdout.strip().endswith("False")  # --help stays instant: torch not imported
 

@@ -191,6 +191,11 @@ def test_config_file_round_trip_and_errors(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text(dump_toml(config.to_toml_tables()))
     assert load_config(path) == config
+    nested = TrainConfig(
+        schedule="warmup", schedule_args={"warmup_steps": 10, "then": {"name": "cosine"}}
+    )
+    path.write_text(dump_toml(nested.to_toml_tables()))
+    assert load_config(path) == nested
     assert load_config(path, epochs=9, optimizer_args={"lr": 1.0}).optimizer_args == {
         "lr": 1.0,
         "betas": (0.9, 0.99),

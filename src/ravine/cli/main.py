@@ -187,6 +187,8 @@ def train(
       ravine train --epochs 3
 
       ravine train --dataset mnist1d --model mnist1d_mlp --optimizer nadam --lr 2e-3 --epochs 2
+
+      ravine train --restarts 8 --epochs 3
     """
     import time
 
@@ -296,7 +298,7 @@ def _run_training(run, out: Path) -> None:
     else:
         final = ", ".join(f"{k} {v:.4g}" for k, v in result.final.items())
         console.print(f"final: {final}")
-    if result.ensemble:
+    if run.restarts == 1 and result.ensemble:
         e = result.ensemble
         console.print(
             f"snapshot ensemble of {e['members']}: "
@@ -313,9 +315,7 @@ def _print_restarts(console, result) -> None:
         table.add_column(column, justify="left" if column == "metric" else "right")
     for metric, stats in result.summary.items():
         if isinstance(stats, dict) and "median" in stats:
-            table.add_row(
-                metric, *(f"{stats[k]:.4g}" for k in ("best", "median", "worst", "std"))
-            )
+            table.add_row(metric, *(f"{stats[k]:.4g}" for k in ("best", "median", "worst", "std")))
     console.print(table)
     if result.ensemble:
         console.print(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def plot_restart_losses(
         title: figure title.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     bad = set(diverged)
     kept = {
@@ -38,7 +40,14 @@ def plot_restart_losses(
     fig = Figure(figsize=(10, 4), layout="constrained")
     strip, hist = fig.subplots(1, 2)
     colors = ("tab:blue", "tab:orange", "tab:green", "tab:red")
-    positive = all(v > 0 for values in kept.values() for v in values)
+    everything = [v for values in kept.values() for v in values]
+    positive = all(v > 0 for v in everything)
+    bins = None
+    if everything:  # one set of bin edges, so that the splits' histograms compare
+        low, high = min(everything), max(everything)
+        count = min(30, max(5, len(everything) // 3))
+        width = (high - low) / count if high > low else 1.0
+        bins = [low + i * width for i in range(count + 1)]
     for i, (split, values) in enumerate(kept.items()):
         color = colors[i % len(colors)]
         # Deterministic jitter: spread the points across the column without an RNG.
@@ -47,15 +56,21 @@ def plot_restart_losses(
             [i + o for o in offsets], values, s=16, alpha=0.7, color=color, edgecolors="none"
         )
         if values:
-            middle = sorted(values)[len(values) // 2]
+            middle = statistics.median(values)
             strip.hlines(middle, i - 0.25, i + 0.25, color="black", linewidth=1.5)
-            hist.hist(values, bins=min(30, max(5, len(values) // 2)), alpha=0.5, color=color,
-                      label=f"{split} ({len(values)})")
+            hist.hist(
+                values,
+                bins=bins,
+                alpha=0.5,
+                color=color,
+                label=f"{split} ({len(values)})",
+            )
     strip.set_xticks(range(len(kept)), list(kept))
     strip.set_ylabel("final loss")
     strip.set_title("per restart (bar: median)")
     hist.set_xlabel("final loss")
     hist.set_ylabel("restarts")
+    hist.yaxis.set_major_locator(MaxNLocator(integer=True))
     if positive and any(kept.values()):
         strip.set_yscale("log")
     for ax in (strip, hist):
@@ -63,8 +78,14 @@ def plot_restart_losses(
     if any(kept.values()):
         hist.legend(title=f"{len(bad)} of {n} diverged" if bad else None)
     else:
-        hist.text(0.5, 0.5, f"all {n} restarts diverged", ha="center", va="center",
-                  transform=hist.transAxes)
+        hist.text(
+            0.5,
+            0.5,
+            f"all {n} restarts diverged",
+            ha="center",
+            va="center",
+            transform=hist.transAxes,
+        )
     if title:
         fig.suptitle(title)
     path = Path(path)

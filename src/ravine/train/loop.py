@@ -37,7 +37,7 @@ from ravine.problems import PRESETS, Dataset, ModelConfig, build_model, load_dat
 from ravine.problems import standardize as fit_standardizer
 from ravine.problems.models import pre_initialize
 from ravine.schedules import CosineWarmRestarts, make_schedule
-from ravine.train.checkpoint import load_checkpoint, save_checkpoint
+from ravine.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from ravine.train.config import ConfigError, TrainConfig, dump_toml
 
 CHECKPOINT = "checkpoint.pt"
@@ -396,18 +396,12 @@ def _write_logs(out: Path, history, step_log) -> None:
     buffer = io.StringIO()
     for record in history:
         buffer.write(json.dumps(record) + "\n")
-    _atomic_write(out / "metrics.jsonl", buffer.getvalue())
+    atomic_write_text(out / "metrics.jsonl", buffer.getvalue())
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["step", "loss", "lr"])
     writer.writerows(step_log)
-    _atomic_write(out / "steps.csv", buffer.getvalue())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(out / "steps.csv", buffer.getvalue())
 
 
 def _write_final(out, config, model, splits, history, step_log, final, ensemble) -> None:
@@ -423,7 +417,7 @@ def _write_final(out, config, model, splits, history, step_log, final, ensemble)
     summary = {"final": final, "ensemble": ensemble, "epochs": len(history)}
     if history:
         summary["seconds"] = history[-1]["seconds"]
-    _atomic_write(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     from ravine.report.training import plot_training_curves
 
     plot_training_curves(history, out / "curves.png", title=f"{config.dataset}: {config.model}")
