@@ -194,8 +194,9 @@ def test_config_file_round_trip_and_errors(tmp_path):
     nested = TrainConfig(
         schedule="warmup", schedule_args={"warmup_steps": 10, "then": {"name": "cosine"}}
     )
-    path.write_text(dump_toml(nested.to_toml_tables()))
-    assert load_config(path) == nested
+    nested_path = tmp_path / "nested.toml"
+    nested_path.write_text(dump_toml(nested.to_toml_tables()))
+    assert load_config(nested_path) == nested
     assert load_config(path, epochs=9, optimizer_args={"lr": 1.0}).optimizer_args == {
         "lr": 1.0,
         "betas": (0.9, 0.99),
