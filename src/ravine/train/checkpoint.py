@@ -48,3 +48,20 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"no checkpoint at {path}") from None
     except Exception as error:  # torch raises several types for a corrupt file
         raise ValueError(f"checkpoint {path} is unreadable: {error}") from None
+
+
+def resumable_state(path: str | os.PathLike[str], config_text: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if there is one, after checking it was written by a run of
+    the same config (``ConfigError`` otherwise: resuming would silently mix two runs)."""
+    from ravine.train.config import ConfigError
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    if state.get("config") != config_text:
+        raise ConfigError(
+            f"{path.parent} holds a run with another config; use another output folder "
+            "(or start fresh with --fresh)"
+        )
+    return state

@@ -93,21 +93,23 @@ class TrainConfig:
 
     def to_toml_tables(self) -> dict[str, dict[str, Any]]:
         """The config as the TOML tables :func:`load_config` reads (``None`` values left out)."""
+        # Sorted arguments: the text is compared when a run resumes, and the same config
+        # written from flags or from a file must read the same.
         tables: dict[str, dict[str, Any]] = {
             "data": {
                 "name": self.dataset,
                 "standardize": self.standardize,
                 "val_fraction": self.val_fraction,
-                **self.dataset_args,
+                **dict(sorted(self.dataset_args.items())),
             },
-            "model": {_MODEL_KEY: self.model, **self.model_args},
-            "optimizer": {"name": self.optimizer, **self.optimizer_args},
+            "model": {_MODEL_KEY: self.model, **dict(sorted(self.model_args.items()))},
+            "optimizer": {"name": self.optimizer, **dict(sorted(self.optimizer_args.items()))},
             "training": {},
         }
         if self.pretrained is not None:
             tables["model"]["pretrained"] = self.pretrained
         if self.schedule is not None:
-            tables["schedule"] = {"name": self.schedule, **self.schedule_args}
+            tables["schedule"] = {"name": self.schedule, **dict(sorted(self.schedule_args.items()))}
         for f in dataclasses.fields(self):
             if f.name in _TRAINING_KEYS and getattr(self, f.name) is not None:
                 tables["training"][f.name] = getattr(self, f.name)

@@ -37,7 +37,7 @@ from ravine.problems import PRESETS, Dataset, ModelConfig, build_model, load_dat
 from ravine.problems import standardize as fit_standardizer
 from ravine.problems.models import pre_initialize
 from ravine.schedules import CosineWarmRestarts, make_schedule
-from ravine.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from ravine.train.checkpoint import atomic_write_text, resumable_state, save_checkpoint
 from ravine.train.config import ConfigError, TrainConfig, dump_toml
 
 CHECKPOINT = "checkpoint.pt"
@@ -233,13 +233,8 @@ def train(
 
     out.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves no folder behind
     checkpoint_path = out / CHECKPOINT
-    if resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
-        if state["config"] != config_text:
-            raise ConfigError(
-                f"{out} holds a run with another config; use another output folder "
-                "(or start fresh with --fresh)"
-            )
+    state = resumable_state(checkpoint_path, config_text) if resume else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if schedule is not None:

@@ -81,7 +81,7 @@ from ravine.optim import make_optimizer
 from ravine.optim._math import clip_coefficient
 from ravine.problems import build_model
 from ravine.problems.models import make_functional, pre_initialize, stack_models
-from ravine.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from ravine.train.checkpoint import atomic_write_text, resumable_state, save_checkpoint
 from ravine.train.config import ConfigError, TrainConfig, dump_toml
 from ravine.train.loop import (
     ensemble_metrics,
@@ -645,13 +645,8 @@ def train_restarts(
         }
     start_epoch, resumed_from = 0, None
     checkpoint_path = out / CHECKPOINT
-    if resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
-        if state["config"] != config_text:
-            raise ConfigError(
-                f"{out} holds a run with another config; use another output folder "
-                "(or start fresh with --fresh)"
-            )
+    state = resumable_state(checkpoint_path, config_text) if resume else None
+    if state is not None:
         trainer.load_state_dict(state["trainer"])
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
