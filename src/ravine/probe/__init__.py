@@ -1,0 +1,1 @@
+"""Instruments that show why training is hard: gradient health, curvature, landscapes."""
