@@ -74,6 +74,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         params: parameters or param-group dicts, as for any torch optimizer.
         transforms: the chain of stages, applied in order.
         nonfinite: what to do with a NaN/Inf gradient: ``"raise"``, ``"skip"`` or ``"ignore"``.
+        engine: ``"simple"`` (per tensor) or ``"flat"`` (contiguous storage, one fused pass).
+        compile: with the flat engine, compile the pass with ``torch.compile``.
+        state_dtype: e.g. ``torch.float32`` for bf16/fp16 parameters: state is kept and the
+            update computed in this dtype (None: the parameters' dtype).
         **hyperparams: defaults for the param groups; the stages' own defaults fill the rest.
     """
 
@@ -85,6 +89,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         nonfinite: str = "raise",
         engine: str = "simple",
         compile: bool = True,
+        state_dtype: torch.dtype | None = None,
         **hyperparams: Any,
     ) -> None:
         if engine not in ENGINES:
@@ -111,7 +116,14 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._pending_check: tuple[Tensor, Any, list] | None = None
         # Tests flip this to exercise the accelerator's sync-free path on CPU.
         self._force_guarded = False
+        if state_dtype is not None and not (
+            isinstance(state_dtype, torch.dtype) and state_dtype.is_floating_point
+        ):
+            raise ValueError(f"state_dtype must be a floating torch.dtype, got {state_dtype!r}")
         self.engine = engine
+        # Low-precision parameters (bf16, fp16) keep their state, and do their arithmetic, in
+        # this dtype; the parameters themselves are rounded once per step on the write.
+        self.state_dtype = state_dtype
         self._buckets: list[FlatBucket] | None = None
         self._bucket_key: tuple | None = None
         self._kernels = FusedKernels(compile=compile)
@@ -246,7 +258,14 @@ class ChainOptimizer(torch.optim.Optimizer):
             for p in params:
                 by_kind.setdefault((p.device, p.dtype), []).append(p)
             for members in by_kind.values():
-                bucket = FlatBucket(members, group, stages, self.state, _step_dtype())
+                bucket = FlatBucket(
+                    members,
+                    group,
+                    stages,
+                    self.state,
+                    _step_dtype(),
+                    state_dtype=self._compute_dtype(members[0]),
+                )
                 bucket.group = group
                 buckets.append(bucket)
         self._buckets, self._bucket_key = buckets, key
@@ -321,7 +340,9 @@ class ChainOptimizer(torch.optim.Optimizer):
         clip = rest[i] if group["clip_value"] is not None else None
         scale = None
         if group["max_grad_norm"] is not None:
-            scale = clip_coefficient(total_norm, group["max_grad_norm"]).to(bucket.param)
+            scale = clip_coefficient(total_norm, group["max_grad_norm"]).to(
+                bucket.device, bucket.compute_dtype
+            )
         structure = (
             tuple(type(stage) for stage in stages),
             tuple(tuple(f.items()) for f in flags),
@@ -329,6 +350,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             scale is not None,
             bool(group["maximize"]),
             finite is not None,
+            bucket.compute_dtype,
         )
         kernel = self._kernels.get(structure, lambda: fused_update(stages, flags, *structure[2:]))
         if self._kernels.compiling:
@@ -374,6 +396,10 @@ class ChainOptimizer(torch.optim.Optimizer):
     ) -> None:
         state = self.state[p]
         stages = [stage for stage in self.transforms if stage.active(group)]
+        target = p  # the tensor the result is written to
+        compute = self._compute_dtype(p)
+        if compute != p.dtype:
+            p, grad = p.detach().to(compute), grad.to(compute)
         if "step" not in state:
             # State loaded from a torch.optim state dict keeps its buffers and only gains what
             # is missing. torch's SGD is the one that counts no steps; a buffer it saved means
@@ -403,10 +429,13 @@ class ChainOptimizer(torch.optim.Optimizer):
             new_state.update(produced)
 
         if finite is None:
-            p.add_(u, alpha=-group["lr"])
+            if target is p:
+                p.add_(u, alpha=-group["lr"])
+            else:
+                target.copy_(p - group["lr"] * u)
             state.update(new_state)
             return
-        p.copy_(torch.where(finite, p - group["lr"] * u, p))
+        target.copy_(torch.where(finite, p - group["lr"] * u, p))
         for key, value in new_state.items():
             # Absent state means zeros to every stage (see transforms._state), so a refused
             # step that would have created a buffer leaves zeros in its place.
@@ -416,6 +445,28 @@ class ChainOptimizer(torch.optim.Optimizer):
             state[key] = torch.where(finite, value, old)
         previous = state["step"].to(p.device)
         state["step"] = torch.where(finite, step.to(previous.dtype), previous)
+
+    def _compute_dtype(self, p: Tensor) -> torch.dtype:
+        """``state_dtype`` for parameters narrower than it, else the parameters' own dtype."""
+        if self.state_dtype is None or not p.is_floating_point():
+            return p.dtype
+        wider = torch.finfo(self.state_dtype).bits > torch.finfo(p.dtype).bits
+        return self.state_dtype if wider else p.dtype
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if self.state_dtype is None:
+            return
+        # torch.optim casts loaded state to the parameters' dtype; bf16 would have thrown
+        # away exactly the precision state_dtype keeps, so take it again from the source.
+        params = [p for group in self.param_groups for p in group["params"]]
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        for index, p in zip(saved_ids, params, strict=True):
+            compute = self._compute_dtype(p)
+            for key, value in state_dict["state"].get(index, {}).items():
+                per_element = isinstance(value, Tensor) and value.dim() > 0
+                if key != "step" and per_element and value.is_floating_point():
+                    self.state[p][key] = value.to(p.device, compute)
 
     # -- NaN / Inf bookkeeping ---------------------------------------------------------------
 
@@ -506,13 +557,13 @@ class _ChainedState(Mapping):
 def _pack(numbers: list, bucket: FlatBucket) -> list[Tensor]:
     """Numbers (floats or 0-dim tensors) as 0-dim tensors of the bucket's dtype and device."""
     if all(not isinstance(n, Tensor) for n in numbers):
-        host = torch.tensor(numbers, dtype=torch.float64).to(bucket.dtype)
+        host = torch.tensor(numbers, dtype=torch.float64).to(bucket.compute_dtype)
         packed = host.to(bucket.device, non_blocking=True) if bucket.device.type != "cpu" else host
         return list(packed.unbind())
     return [
         (n if isinstance(n, Tensor) else torch.tensor(n, dtype=torch.float64))
         .to(bucket.device)
-        .to(bucket.dtype)
+        .to(bucket.compute_dtype)
         for n in numbers
     ]
 

@@ -42,6 +42,8 @@ class FlatBucket:
         stages: Sequence[Transform],
         state: dict[Tensor, dict[str, Any]],
         step_dtype: torch.dtype,
+        *,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         self.params = list(params)
         steps = {float(state[p]["step"]) for p in self.params if "step" in state.get(p, {})}
@@ -49,6 +51,7 @@ class FlatBucket:
             raise Unflattenable("parameters of one group are at different step counts")
         first = self.params[0]
         self.device, self.dtype = first.device, first.dtype
+        self.compute_dtype = state_dtype or first.dtype  # state and arithmetic
         self.offsets, total = [], 0
         for p in self.params:
             self.offsets.append(total)
@@ -71,8 +74,9 @@ class FlatBucket:
         self.scalars: dict[str, Tensor] = {}
         started = bool(steps)
         self.step = torch.tensor(steps.pop() if steps else 0.0, dtype=step_dtype)
+        like = self.param if self.compute_dtype == self.dtype else self.param.to(self.compute_dtype)
         for stage in stages:
-            for key, value in stage.init(self.param, group).items():
+            for key, value in stage.init(like, group).items():
                 if value.dim() == 0:
                     self.scalars[key] = value
                 else:
@@ -166,6 +170,7 @@ def fused_update(
     clip_scale: bool,
     maximize: bool,
     guarded: bool,
+    compute_dtype: torch.dtype,
 ) -> Callable[..., None]:
     """The step over one bucket, with the structure (stages, variants, options) baked in.
 
@@ -183,7 +188,8 @@ def fused_update(
         scale: Tensor | None,
         finite: Tensor | None,
     ) -> None:
-        u = grad
+        u = grad.to(compute_dtype)
+        weights = param.to(compute_dtype)  # no copy when the dtypes agree
         if clip_value:
             u = torch.clamp(u, -clip, clip)
         if clip_scale:
@@ -193,12 +199,12 @@ def fused_update(
         new: dict[str, Tensor] = {}
         view = {**state}
         for stage, stage_flags, c in zip(stages, flags, coefficients, strict=True):
-            u, produced = stage.apply(u, param, view, c, stage_flags)
+            u, produced = stage.apply(u, weights, view, c, stage_flags)
             new.update(produced)
             view.update(produced)
-        updated = param - lr * u
+        updated = weights - lr * u
         if guarded:
-            updated = torch.where(finite, updated, param)
+            updated = torch.where(finite, updated, weights)
             new = {k: torch.where(finite, v, state[k]) for k, v in new.items()}
         param.copy_(updated)
         for key, value in new.items():

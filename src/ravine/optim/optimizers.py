@@ -15,12 +15,16 @@ Every optimizer also accepts, beyond torch's arguments:
   gradients (see ``engine.py``).
 * ``engine``: ``"simple"`` (default: per tensor, eager) or ``"flat"`` (contiguous storage, one
   fused pass per step, compiled unless ``compile=False``; see ``flat.py``).
+* ``state_dtype``: e.g. ``torch.float32`` for bf16 parameters: state kept, and the update
+  computed, in that dtype.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import torch
 
 from ravine.optim import transforms as T
 from ravine.optim.engine import (
@@ -87,6 +91,7 @@ class SGD(ChainOptimizer):
         nonfinite: str = "raise",
         engine: str = "simple",
         compile: bool = True,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -94,6 +99,7 @@ class SGD(ChainOptimizer):
             nonfinite=nonfinite,
             engine=engine,
             compile=compile,
+            state_dtype=state_dtype,
             **_hyperparams(locals()),
         )
 
@@ -186,6 +192,7 @@ class Adagrad(ChainOptimizer):
         nonfinite: str = "raise",
         engine: str = "simple",
         compile: bool = True,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -193,6 +200,7 @@ class Adagrad(ChainOptimizer):
             nonfinite=nonfinite,
             engine=engine,
             compile=compile,
+            state_dtype=state_dtype,
             **_hyperparams(locals()),
         )
 
@@ -255,6 +263,7 @@ class RMSprop(ChainOptimizer):
         nonfinite: str = "raise",
         engine: str = "simple",
         compile: bool = True,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -262,6 +271,7 @@ class RMSprop(ChainOptimizer):
             nonfinite=nonfinite,
             engine=engine,
             compile=compile,
+            state_dtype=state_dtype,
             **_hyperparams(locals()),
         )
 
@@ -323,6 +333,7 @@ class Adam(ChainOptimizer):
         nonfinite: str = "raise",
         engine: str = "simple",
         compile: bool = True,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -330,6 +341,7 @@ class Adam(ChainOptimizer):
             nonfinite=nonfinite,
             engine=engine,
             compile=compile,
+            state_dtype=state_dtype,
             **_hyperparams(locals()),
         )
 
@@ -424,6 +436,7 @@ class NAdam(ChainOptimizer):
         nonfinite: str = "raise",
         engine: str = "simple",
         compile: bool = True,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -431,6 +444,7 @@ class NAdam(ChainOptimizer):
             nonfinite=nonfinite,
             engine=engine,
             compile=compile,
+            state_dtype=state_dtype,
             **_hyperparams(locals()),
         )
 
@@ -444,7 +458,7 @@ class NAdam(ChainOptimizer):
 
 def _hyperparams(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """A constructor's ``locals()`` minus what is not a group hyperparameter."""
-    skip = {"self", "params", "nonfinite", "engine", "compile", "__class__"}
+    skip = {"self", "params", "nonfinite", "engine", "compile", "state_dtype", "__class__"}
     hyperparams = {k: v for k, v in arguments.items() if k not in skip}
     if isinstance(hyperparams.get("betas"), list):
         hyperparams["betas"] = tuple(hyperparams["betas"])
