@@ -12,9 +12,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "init", "optim", "problems", "schedules"]
+__all__ = ["__version__", "init", "optim", "probe", "problems", "schedules"]
 
-_SUBMODULES = {"init", "optim", "problems", "schedules"}
+_SUBMODULES = {"init", "optim", "probe", "problems", "schedules"}
 
 
 def __getattr__(name: str) -> Any:

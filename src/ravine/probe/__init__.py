@@ -1,1 +1,54 @@
-"""Instruments that show why training is hard: gradient health, curvature, landscapes."""
+"""Instruments that show why training is hard: gradient health, curvature, landscapes.
+
+Usable on any ``torch.nn.Module`` + loss + data:
+
+* :mod:`ravine.probe.gradients`: per-layer gradient / weight / update norms and activation
+  statistics over training; vanishing and exploding gradients flagged with advice.
+* :mod:`ravine.probe.curvature`: Hessian-vector products, Lanczos eigenvalues, Hutchinson
+  trace, spectral density, condition number, saddle points and their escape directions.
+* :mod:`ravine.probe.landscape`: interpolation curves, filter-normalized surfaces and
+  optimizer trajectories, evaluated batched.
+"""
+
+from ravine.probe.curvature import (
+    HessianOperator,
+    bottom_eigenvalues,
+    condition_number,
+    hessian_operator,
+    hessian_trace,
+    hvp,
+    lanczos,
+    saddle_report,
+    spectral_density,
+    top_eigenvalues,
+)
+from ravine.probe.gradients import GradientMonitor, diagnose
+from ravine.probe.landscape import (
+    filter_normalize,
+    interpolate,
+    pca_directions,
+    random_directions,
+    surface,
+    trajectory,
+)
+
+__all__ = [
+    "GradientMonitor",
+    "HessianOperator",
+    "bottom_eigenvalues",
+    "condition_number",
+    "diagnose",
+    "filter_normalize",
+    "hessian_operator",
+    "hessian_trace",
+    "hvp",
+    "interpolate",
+    "lanczos",
+    "pca_directions",
+    "random_directions",
+    "saddle_report",
+    "spectral_density",
+    "surface",
+    "top_eigenvalues",
+    "trajectory",
+]
