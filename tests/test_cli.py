@@ -58,7 +58,7 @@ def test_documented_command_runs(command, tmp_path, monkeypatch, capsys):
         (["compare", "--steps", "many"], "Invalid value for '--steps'"),
         (["compare", "--format", "gif"], "--format must be png or svg"),
         (["compare", "--bogus"], "No such option: --bogus"),
-        (["probe"], "No such command 'probe'"),
+        (["tune"], "No such command 'tune'"),
         (["train", "--optimizer", "lion"], "unknown optimizer 'lion'; valid: sgd"),
         (["train", "--model", "resnet"], "unknown model 'resnet'; valid: presets"),
         (["train", "--config", "missing.toml"], "config file missing.toml does not exist"),
@@ -100,3 +100,55 @@ def readme_python_blocks() -> list[str]:
 @pytest.mark.parametrize("block", readme_python_blocks())
 def test_readme_python_example_runs(block):
     exec(compile(block, str(README), "exec"), {})
+
+
+def test_a_diverging_run_exits_1_and_compare_accepts_nonfinite(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--dataset", "teacher_student", "--model", "mlp", "--optimizer", "sgd"]
+    assert main([*argv, "--lr", "10", "--epochs", "2", "--out", "diverged"]) == 1
+    assert "training stopped" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "compare",
+                "--opt",
+                "adam:nonfinite=skip",
+                "--problem",
+                "saddle",
+                "--steps",
+                "20",
+                "--no-plots",
+                "--out",
+                "c",
+            ]
+        )
+        == 0
+    )
+
+
+def test_fresh_starts_over_for_restarts_too(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--restarts", "2", "--epochs", "1", "--out", "r"]) == 0
+    assert main(["train", "--restarts", "2", "--epochs", "2", "--out", "r"]) == 2
+    assert main(["train", "--restarts", "2", "--epochs", "2", "--out", "r", "--fresh"]) == 0
+
+
+def test_probe_and_landscape_of_a_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--epochs", "3", "--keep-weights", "--out", "run"]) == 0
+    assert main(["probe", "run", "--examples", "300", "--k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "top eigenvalues" in out and "point:" in out
+    report = __import__("json").loads((tmp_path / "run" / "probe.json").read_text())
+    assert len(report["top_eigenvalues"]) == 2
+    assert report["top_eigenvalues"][0] >= report["bottom_eigenvalues"][0]
+    for kind in ("interp", "surface", "trajectory"):
+        argv = ["landscape", "run", "--kind", kind, "--resolution", "5", "--examples", "200"]
+        assert main(argv) == 0, capsys.readouterr().err
+        assert (tmp_path / "run" / f"landscape-{kind}.png").exists()
+        assert (tmp_path / "run" / f"landscape-{kind}.npz").exists()
+    assert main(["landscape", "run", "--kind", "volcano"]) == 2
+    assert main(["probe", "nowhere"]) == 2
+    assert main(["train", "--epochs", "1", "--out", "plain"]) == 0
+    assert main(["landscape", "plain", "--kind", "trajectory"]) == 2
+    assert "--keep-weights" in capsys.readouterr().err

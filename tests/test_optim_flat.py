@@ -267,3 +267,32 @@ def test_fp32_state_survives_a_state_dict_round_trip():
 def test_invalid_state_dtype_is_rejected():
     with pytest.raises(ValueError, match=r"state_dtype must be a floating torch\.dtype"):
         ro.Adam(_model(0), state_dtype=torch.int32)
+
+
+def test_a_parameter_joining_late_keeps_its_own_step_count():
+    """Its first update must use bias correction 1, not the others' count (review finding)."""
+    simple, flat = _model(8), _model(8)
+    opt_simple = ro.Adam(simple, lr=0.1)
+    opt_flat = ro.Adam(flat, lr=0.1, engine="flat", compile=False)
+    for opt, params in ((opt_simple, simple), (opt_flat, flat)):
+        opt.zero_grad()
+        _loss(params, 0).backward()
+        params[1].grad = None  # not used on the first step
+        opt.step()
+    _run(opt_simple, simple, 3)
+    with pytest.warns(RuntimeWarning, match="different step counts"):
+        _run(opt_flat, flat, 3)
+    for a, b in zip(simple, flat, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    assert opt_flat.state[flat[1]]["step"] == 3
+
+
+def test_loaded_scalar_state_stays_on_the_host_in_float64():
+    params = _model(9)
+    opt = ro.NAdam(params, lr=0.01)
+    _run(opt, params, 3)
+    fresh = ro.NAdam(params, lr=0.01, state_dtype=torch.float32)
+    fresh.load_state_dict(copy.deepcopy(opt.state_dict()))
+    mu = fresh.state[params[0]]["mu_product"]
+    assert mu.dtype == torch.float64 and mu.device.type == "cpu"
+    assert mu == opt.state[params[0]]["mu_product"]

@@ -221,3 +221,13 @@ def test_config_file_round_trip_and_errors(tmp_path):
 def test_shipped_configs_load():
     for path in sorted(Path(__file__).resolve().parents[1].joinpath("configs").glob("*.toml")):
         load_config(path)
+
+
+def test_a_run_that_stopped_early_stays_stopped_when_resumed(tmp_path):
+    config = TrainConfig(
+        epochs=40, batch_size=32, val_fraction=0.2, early_stopping=2, optimizer_args={"lr": 0.05}
+    )
+    first = train(config, tmp_path)
+    again = train(config, tmp_path)
+    assert again.steps == first.steps
+    _assert_same_params(_params(first), _params(again))

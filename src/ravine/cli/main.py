@@ -173,6 +173,10 @@ def train(
     ] = None,
     grad_noise: Annotated[float | None, typer.Option(help="Annealed gradient noise eta.")] = None,
     early_stopping: Annotated[int | None, typer.Option(help="Patience in epochs (0: off).")] = None,
+    keep_weights: Annotated[
+        bool | None,
+        typer.Option("--keep-weights", help="Save the weights of every epoch (trajectories)."),
+    ] = None,
     fresh: Annotated[
         bool, typer.Option(help="Start over even if the output folder holds a checkpoint.")
     ] = False,
@@ -225,12 +229,17 @@ def train(
             snapshots=snapshots,
             grad_noise=grad_noise,
             early_stopping=early_stopping,
+            keep_weights=keep_weights,
         )
     except (ConfigError, ValueError) as error:
         raise UsageFailure(str(error)) from None
     out = out or Path("ravine-runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    if fresh and (out / "checkpoint.pt").exists():
-        (out / "checkpoint.pt").unlink()
+    if fresh:
+        from ravine.train.loop import CHECKPOINT
+        from ravine.train.restarts import CHECKPOINT as RESTARTS_CHECKPOINT
+
+        for name in (CHECKPOINT, RESTARTS_CHECKPOINT):
+            (out / name).unlink(missing_ok=True)
     _run_training(run, out)
 
 
@@ -289,7 +298,8 @@ def _run_training(run, out: Path) -> None:
             raise UsageFailure(str(error)) from None
         except NonFiniteGradientError as error:
             console.print(f"training stopped: {error}")
-            console.print(f"the last good checkpoint is in {out}/")
+            if any(out.glob("*checkpoint.pt")):
+                console.print(f"the last good checkpoint is in {out}/")
             raise typer.Exit(1) from None
     if result.resumed_from_epoch:
         console.print(f"resumed from epoch {result.resumed_from_epoch}")
@@ -305,6 +315,78 @@ def _run_training(run, out: Path) -> None:
             + ", ".join(f"{k} {v:.4g}" for k, v in e.items() if k != "members")
         )
     console.print(f"wrote {out}/")
+
+
+@app.command()
+def probe(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by ravine train.")],
+    examples: Annotated[int, typer.Option(help="Training examples the probes use.")] = 1000,
+    k: Annotated[int, typer.Option(help="Top and bottom Hessian eigenvalues to find.")] = 5,
+) -> None:
+    """Gradient health, curvature and saddle report of a trained run.
+
+    Writes probe.json, probe-spectrum.png (Hessian eigenvalue density) and
+    probe-gradient-flow.png into the run folder.
+
+    Examples:
+
+      ravine probe ravine-runs/digits
+    """
+    if examples < 1 or k < 1:
+        raise UsageFailure(f"--examples and --k must be >= 1, got {examples} and {k}")
+    from rich.console import Console
+
+    from ravine.report.probe import probe_run
+    from ravine.train import ConfigError
+
+    console = Console()
+    try:
+        with console.status("probing: gradients, Hessian eigenvalues, trace, density"):
+            report = probe_run(run_dir, examples=examples, k=k)
+    except ConfigError as error:
+        raise UsageFailure(str(error)) from None
+    for line in report["lines"]:
+        console.print(line)
+    console.print(f"wrote probe.json and figures to {run_dir}/")
+
+
+@app.command()
+def landscape(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by ravine train.")],
+    kind: Annotated[str, typer.Option(help="interp, surface or trajectory.")] = "surface",
+    resolution: Annotated[int, typer.Option(help="Grid points per axis.")] = 25,
+    examples: Annotated[int, typer.Option(help="Examples per split evaluated.")] = 1000,
+) -> None:
+    """Loss landscape of a trained run: interpolation, surface, or trajectory.
+
+    interp: the line from the initialization to the trained weights (Goodfellow et al. 2015);
+    surface: two filter-normalized random directions around the trained weights (Li et al.
+    2018), train and test; trajectory: the weights of every epoch on their top-2 PCA axes
+    (train with --keep-weights). Writes landscape-KIND.npz and .png into the run folder.
+
+    Examples:
+
+      ravine landscape ravine-runs/digits --kind interp
+    """
+    kinds = ("interp", "surface", "trajectory")
+    if kind not in kinds:
+        raise UsageFailure(f"unknown --kind {kind!r}; valid: {', '.join(kinds)}")
+    if resolution < 2 or examples < 1:
+        raise UsageFailure(
+            f"--resolution must be >= 2 and --examples >= 1, got {resolution} and {examples}"
+        )
+    from rich.console import Console
+
+    from ravine.report.probe import landscape_run
+    from ravine.train import ConfigError
+
+    console = Console()
+    try:
+        with console.status(f"landscape: {kind}"):
+            written = landscape_run(run_dir, kind, resolution=resolution, examples=examples)
+    except ConfigError as error:
+        raise UsageFailure(str(error)) from None
+    console.print(f"wrote {', '.join(p.name for p in written)} to {run_dir}/")
 
 
 def _print_restarts(console, result) -> None:
@@ -330,7 +412,7 @@ def _print_restarts(console, result) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and turn every kind of bad input into one line and exit 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except click_exceptions.NoArgsIsHelpError as shown:
         print(shown.format_message() if hasattr(shown, "format_message") else shown)
         return 0
@@ -341,12 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageFailure as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except click_exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         return 130
-    except click_exceptions.Exit as done:
+    except typer.Exit as done:
         return done.exit_code
-    return 0
+    # In this mode a command's typer.Exit(code) comes back as the return value.
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

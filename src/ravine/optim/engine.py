@@ -182,7 +182,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                 self._buckets = None
                 if not self._fallback_warned:
                     warnings.warn(
-                        f"flat engine: {reason}; this step runs on the simple engine",
+                        f"flat engine: {reason}; the simple engine takes over from this step on",
                         RuntimeWarning,
                         stacklevel=2,
                     )
@@ -242,10 +242,6 @@ class ChainOptimizer(torch.optim.Optimizer):
             )
             for group, params in work
         )
-        for _, params in work:
-            for p in params:
-                if p.grad.is_sparse or torch.is_complex(p) or p.grad.layout != torch.strided:
-                    raise Unflattenable("sparse or complex gradients")
         reusable = self._buckets is not None and key == self._bucket_key
         if reusable and all(b.layout_intact() for b in self._buckets):
             for bucket in self._buckets:
@@ -378,9 +374,10 @@ class ChainOptimizer(torch.optim.Optimizer):
             bucket.step = torch.where(finite, step, previous_step).to(bucket.step.dtype)
             for key, value in new_scalars.items():
                 bucket.scalars[key] = torch.where(finite, value, scalars_view[key])
-        for p in bucket.params:
-            self.state[p]["step"] = bucket.step
-            self.state[p].update(bucket.scalars)
+        if finite is not None or new_scalars:  # (else every state dict already holds them)
+            for p in bucket.params:
+                self.state[p]["step"] = bucket.step
+                self.state[p].update(bucket.scalars)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset gradients. With the flat engine they are zeroed in place whatever
@@ -455,18 +452,31 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        if self.state_dtype is None:
-            return
-        # torch.optim casts loaded state to the parameters' dtype; bf16 would have thrown
-        # away exactly the precision state_dtype keeps, so take it again from the source.
+        # torch.optim casts loaded state to each parameter's dtype and device. Take back from
+        # the source what that loses: 0-dim scalar state (NAdam's mu_product) lives on the
+        # host in float64, and with state_dtype the per-element state keeps its precision.
         params = [p for group in self.param_groups for p in group["params"]]
         saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
         for index, p in zip(saved_ids, params, strict=True):
             compute = self._compute_dtype(p)
             for key, value in state_dict["state"].get(index, {}).items():
-                per_element = isinstance(value, Tensor) and value.dim() > 0
-                if key != "step" and per_element and value.is_floating_point():
+                if key == "step" or not isinstance(value, Tensor):
+                    continue
+                if not value.is_floating_point():
+                    continue
+                if value.dim() == 0 and key in self._scalar_state_keys():
+                    self.state[p][key] = value.to("cpu", torch.float64)
+                elif self.state_dtype is not None:
                     self.state[p][key] = value.to(p.device, compute)
+
+    def _scalar_state_keys(self) -> set[str]:
+        probe = torch.zeros(1)
+        keys = set()
+        for stage in self.transforms:
+            for key, value in stage.init(probe, self.defaults).items():
+                if value.dim() == 0:
+                    keys.add(key)
+        return keys
 
     # -- NaN / Inf bookkeeping ---------------------------------------------------------------
 
@@ -555,17 +565,19 @@ class _ChainedState(Mapping):
 
 
 def _pack(numbers: list, bucket: FlatBucket) -> list[Tensor]:
-    """Numbers (floats or 0-dim tensors) as 0-dim tensors of the bucket's dtype and device."""
-    if all(not isinstance(n, Tensor) for n in numbers):
-        host = torch.tensor(numbers, dtype=torch.float64).to(bucket.compute_dtype)
-        packed = host.to(bucket.device, non_blocking=True) if bucket.device.type != "cpu" else host
-        return list(packed.unbind())
-    return [
-        (n if isinstance(n, Tensor) else torch.tensor(n, dtype=torch.float64))
-        .to(bucket.device)
-        .to(bucket.compute_dtype)
-        for n in numbers
-    ]
+    """Numbers (floats or 0-dim tensors) as 0-dim tensors on the bucket's device.
+
+    At least float32: bf16 would round lr 1e-2 to 0.0100098 and beta2 0.999 to 1.0. The
+    Python numbers travel in one pinned, non-blocking copy; a blocking host-to-device copy
+    would synchronize the device on every step.
+    """
+    dtype = torch.promote_types(bucket.compute_dtype, torch.float32)
+    floats = [float(n) for n in numbers if not isinstance(n, Tensor)]
+    host = torch.tensor(floats, dtype=torch.float64).to(dtype)
+    if bucket.device.type == "cuda":
+        host = host.pin_memory()
+    packed = iter(host.to(bucket.device, non_blocking=True).unbind()) if floats else iter(())
+    return [n.to(bucket.device, dtype) if isinstance(n, Tensor) else next(packed) for n in numbers]
 
 
 def _check_supported(p: Tensor) -> None:

@@ -15,9 +15,9 @@ does not recompile. Without compilation the same function runs eagerly on the fl
 Anything that breaks the layout is repaired, never trusted: a ``.grad`` replaced by a new
 tensor (``model.zero_grad()`` sets them to None and backward allocates new ones) is copied
 in, a state tensor replaced by ``load_state_dict`` is copied in, a parameter whose ``.data``
-was replaced rebuilds the bucket. Steps the flat layout cannot express — a parameter without
-a gradient while others have one, parameters of one bucket at different step counts, sparse
-or complex gradients — go to the simple engine with a warning.
+was replaced, or that joins or leaves the set with gradients, rebuilds the buckets. What the
+flat layout cannot express — parameters of one group at different step counts (one skipped
+a step, or joined late) — runs on the simple engine from then on, with a warning.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class FlatBucket:
         state_dtype: torch.dtype | None = None,
     ) -> None:
         self.params = list(params)
-        steps = {float(state[p]["step"]) for p in self.params if "step" in state.get(p, {})}
+        steps = {_step_count(state.get(p, {})) for p in self.params}
         if len(steps) > 1:
             raise Unflattenable("parameters of one group are at different step counts")
         first = self.params[0]
@@ -72,8 +72,9 @@ class FlatBucket:
         # parameters already have (a step taken by the simple engine, a loaded state dict).
         self.state: dict[str, Tensor] = {}
         self.scalars: dict[str, Tensor] = {}
-        started = bool(steps)
-        self.step = torch.tensor(steps.pop() if steps else 0.0, dtype=step_dtype)
+        count = steps.pop()
+        started = count > 0
+        self.step = torch.tensor(count, dtype=step_dtype)
         like = self.param if self.compute_dtype == self.dtype else self.param.to(self.compute_dtype)
         for stage in stages:
             for key, value in stage.init(like, group).items():
@@ -157,6 +158,14 @@ class FlatBucket:
 
     def zero_grad(self) -> None:
         self.grad.zero_()
+
+
+def _step_count(state: Mapping[str, Any]) -> float:
+    # No state: a parameter about to take its first step. State without a step: loaded from
+    # torch's SGD, which counts none (at least one update happened; see engine.py).
+    if "step" in state:
+        return float(state["step"])
+    return 1.0 if state else 0.0
 
 
 class Unflattenable(Exception):

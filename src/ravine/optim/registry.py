@@ -107,6 +107,6 @@ def _parse_value(raw: str, key: str) -> Any:
             return convert(raw)
         except ValueError:
             pass
-    if key == "nonfinite":
+    if key in ("nonfinite", "engine"):  # the options whose values are names
         return raw
     raise ValueError(f"value of {key!r} must be a number, true/false or none; got {raw!r}")

@@ -307,8 +307,9 @@ class ScaleByNAdam(Transform):
 
     def init(self, param, group):
         return {
-            # On the host in float64, like torch's CPU scalar: the product of hundreds of
-            # factors near 1 needs the digits, and reading it must not sync a device.
+            # On the host (as torch keeps it) but in float64 (torch: the default dtype): the
+            # product of hundreds of factors near 1 needs the digits, and reading it must
+            # not sync a device.
             "mu_product": torch.ones((), dtype=torch.float64),
             "exp_avg": torch.zeros_like(param),
             "exp_avg_sq": torch.zeros_like(param),

@@ -221,6 +221,9 @@ class _atomic:
 
     def __enter__(self):
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; these are ordinary files
         self.handle = os.fdopen(fd, "w", newline="", encoding="utf-8")
         return self.handle
 

@@ -217,7 +217,7 @@ def _run(
     rows = [starts[i : i + 1] for i in range(len(starts))] if coupled else [starts]
     params = [torch.nn.Parameter(r.clone()) for r in rows]
     optimizers = [
-        make_optimizer(opt.name, [p], nonfinite="ignore", **opt.hyperparams) for p in params
+        make_optimizer(opt.name, [p], **{**opt.hyperparams, "nonfinite": "ignore"}) for p in params
     ]
     positions = torch.empty(len(starts), steps + 1, problem.dim, dtype=torch.float64)
     losses = torch.empty(len(starts), steps + 1, dtype=torch.float64)

@@ -10,6 +10,15 @@ from typing import Any
 import torch
 
 
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_mode()
+
+
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to a temporary sibling, fsync, then rename over ``path``.
 
@@ -24,6 +33,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Pa
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -62,6 +62,7 @@ class TrainConfig:
     # bookkeeping -----------------------------------------------------------------------------
     seed: int = 0  # seeds initialization, data order, dropout and gradient noise
     checkpoint_every: int = 1  # epochs between checkpoints (and at the end)
+    keep_weights: bool = False  # also save the weights after every epoch (for trajectories)
 
     def __post_init__(self) -> None:
         for key, low in (
@@ -87,7 +88,7 @@ class TrainConfig:
                 f"snapshots={self.snapshots} brings its own cyclic cosine schedule; "
                 f"remove schedule={self.schedule!r}"
             )
-        for key in ("standardize", "shared_data_order"):
+        for key in ("standardize", "shared_data_order", "keep_weights"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
 
@@ -129,6 +130,7 @@ _TRAINING_KEYS = (
     "shared_data_order",
     "seed",
     "checkpoint_every",
+    "keep_weights",
 )
 _TABLES = ("data", "model", "optimizer", "schedule", "training")
 

@@ -143,7 +143,7 @@ def total_steps(config: TrainConfig, n_train: int) -> tuple[int, int]:
 def make_run_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, total: int):
     """The run's schedule, with lengths that were left out filled in from the step budget."""
     if config.snapshots:
-        return CosineWarmRestarts(optimizer, t0=math.ceil(total / config.snapshots))
+        return CosineWarmRestarts(optimizer, t0=total // config.snapshots)
     if config.schedule is None:
         return None
     args = dict(config.schedule_args)
@@ -220,6 +220,13 @@ def train(
     except (ValueError, TypeError) as error:
         raise ConfigError(f"optimizer: {error}") from None
     per_epoch, total = total_steps(config, len(splits.x_train))
+    if config.snapshots:
+        # M whole cycles: the run ends where the M-th ends, at the lowest lr (the last few
+        # updates of a budget that M does not divide are dropped rather than spent on the
+        # first, largest-lr steps of a cycle that never finishes).
+        if total < config.snapshots:
+            raise ConfigError(f"snapshots={config.snapshots} needs at least that many updates")
+        total = total // config.snapshots * config.snapshots
     schedule = make_run_schedule(config, optimizer, total)
 
     data_gen = torch.Generator().manual_seed(streams["data"])
@@ -230,6 +237,7 @@ def train(
     snapshots: list[dict[str, Tensor]] = []
     best = {"loss": math.inf, "epoch": 0, "state": None}
     start_epoch, step, resumed_from = 0, 0, None
+    stopped_before = False
 
     out.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves no folder behind
     checkpoint_path = out / CHECKPOINT
@@ -246,14 +254,20 @@ def train(
         best = state["best"]
         start_epoch = resumed_from = state["epoch"]
         step = state["step"]
+        # A run that had stopped early stays stopped (its checkpoint is its last epoch).
+        stopped_before = bool(
+            config.early_stopping and start_epoch - best["epoch"] >= config.early_stopping
+        )
     (out / "config.toml").write_text(config_text)
 
-    cycle = math.ceil(total / config.snapshots) if config.snapshots else 0
+    if config.keep_weights and start_epoch == 0:
+        _save_weights(out, model, 0)  # the initialization: where a trajectory starts
+    cycle = total // config.snapshots if config.snapshots else 0
     started = time.perf_counter()
     seconds_before = history[-1]["seconds"] if history else 0.0  # wall time before a resume
     model.train()
     epoch = start_epoch
-    stopped_early = False
+    stopped_early = stopped_before
     for epoch in range(start_epoch + 1, config.epochs + 1):
         if step >= total or stopped_early:
             break
@@ -281,7 +295,7 @@ def train(
             seen += len(index)
             if y.dtype == torch.int64:
                 correct += int((output.detach().argmax(dim=1) == y).sum())
-            if cycle and (step % cycle == 0 or step == total):
+            if cycle and step % cycle == 0:
                 snapshots.append(_copy_state(model))
             if on_progress is not None:
                 on_progress({"step": step, "total": total, "epoch": epoch, "loss": value})
@@ -304,6 +318,8 @@ def train(
         if on_progress is not None:
             on_progress({"step": step, "total": total, "epoch": epoch, "metrics": record})
         last = epoch == config.epochs or step >= total or stopped_early
+        if config.keep_weights:
+            _save_weights(out, model, epoch)
         if epoch % config.checkpoint_every == 0 or last:
             save_checkpoint(
                 {
@@ -345,6 +361,10 @@ def train(
         ensemble = _snapshot_ensemble(model, snapshots, to_input(splits.x_test), splits, loss_fn)
     _write_final(out, config, model, splits, history, step_log, final, ensemble)
     return TrainResult(out, model, history, final, ensemble, step, resumed_from)
+
+
+def _save_weights(out: Path, model: nn.Module, epoch: int) -> None:
+    save_checkpoint({"model": model.state_dict()}, out / "weights" / f"epoch-{epoch:04d}.pt")
 
 
 def _reshaper(shape: tuple[int, ...]) -> Callable[[Tensor], Tensor]:

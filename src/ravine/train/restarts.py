@@ -614,6 +614,8 @@ def train_restarts(
             "snapshots with restarts > 1 is not supported; train snapshot ensembles with "
             "restarts = 1"
         )
+    if config.keep_weights:
+        raise ConfigError("keep_weights with restarts > 1 is not supported; use restarts = 1")
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     device = torch.device(device or getattr(config, "device", None) or "cpu")

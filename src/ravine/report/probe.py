@@ -1,0 +1,174 @@
+"""Probe and landscape reports of a run folder: what ``ravine probe`` and ``ravine landscape``
+compute and write."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ravine.probe import (
+    GradientMonitor,
+    bottom_eigenvalues,
+    condition_number,
+    diagnose,
+    hessian_operator,
+    hessian_trace,
+    interpolate,
+    saddle_report,
+    spectral_density,
+    surface,
+    top_eigenvalues,
+    trajectory,
+)
+from ravine.train.checkpoint import atomic_write_text, load_checkpoint
+from ravine.train.config import ConfigError
+from ravine.train.loop import loss_function
+from ravine.train.run import load_run
+
+
+def probe_run(run_dir: str | Path, *, examples: int = 1000, k: int = 5) -> dict[str, Any]:
+    """Gradient health and curvature of a run's trained network on ``examples`` training
+    examples; writes ``probe.json`` and two figures, returns the report."""
+    from ravine.report.gradients import plot_gradient_flow
+
+    run = load_run(run_dir)
+    splits = run.splits
+    x = run.inputs(splits.x_train[:examples])
+    y = splits.y_train[:examples]
+    loss_fn = loss_function(splits.dataset)
+    model = run.model
+
+    # Gradient health: a few mini-batches through the trained network, no updates.
+    model.train()
+    with GradientMonitor(model) as monitor:
+        batch = run.config.batch_size
+        for step, start in enumerate(range(0, len(x), batch)):
+            model.zero_grad()
+            loss_fn(model(x[start : start + batch]), y[start : start + batch]).backward()
+            monitor.record(step)
+            if step == 9:
+                break
+    model.eval()
+    findings = diagnose(monitor)
+
+    # Curvature on the same examples, in float64 so small eigenvalues mean something.
+    op = hessian_operator(model, loss_fn, (x, y), dtype=torch.float64)
+    top = top_eigenvalues(op, k=k)
+    bottom = bottom_eigenvalues(op, k=k)
+    trace = hessian_trace(op, num_probes=50)
+    condition = condition_number(op)
+    density = spectral_density(op, num_probes=5, num_steps=60)
+    saddle = saddle_report(op, k=k)
+
+    report = {
+        "examples": len(x),
+        "loss": saddle.loss,
+        "grad_norm": saddle.grad_norm,
+        "kind": saddle.kind,
+        "top_eigenvalues": top.eigenvalues.tolist(),
+        "bottom_eigenvalues": bottom.eigenvalues.tolist(),
+        "trace": trace.trace,
+        "trace_stderr": trace.stderr,
+        "condition_positive": condition.condition_positive,
+        "negative_ratio": condition.negative_ratio,
+        "negative_mass": condition.negative_mass,
+        "findings": [
+            {
+                "kind": f.kind,
+                "layer": f.layer,
+                "step": f.step,
+                "message": f.message,
+                "advice": f.advice,
+            }
+            for f in findings
+        ],
+        "hvps": op.num_hvps,
+    }
+    out = Path(run_dir)
+    atomic_write_text(out / "probe.json", json.dumps(_finite(report), indent=2))
+    plot_gradient_flow(monitor, out / "probe-gradient-flow.png", title="Gradient flow")
+    _plot_density(density, top, bottom, out / "probe-spectrum.png")
+
+    lines = [
+        f"point: {saddle.kind} (loss {saddle.loss:.4g}, gradient norm {saddle.grad_norm:.3g})",
+        "top eigenvalues: " + ", ".join(f"{v:.4g}" for v in report["top_eigenvalues"]),
+        "bottom eigenvalues: " + ", ".join(f"{v:.4g}" for v in report["bottom_eigenvalues"]),
+        f"trace {trace.trace:.4g} ± {trace.stderr:.2g}; condition (positive part) "
+        f"{condition.condition_positive:.3g}; negative eigenvalues {condition.negative_ratio:.1%}",
+    ]
+    lines += [f"{f.kind} at {f.layer}: {f.message}. {f.advice}" for f in findings] or [
+        "gradients: no vanishing or exploding gradients, dead ReLUs or saturation flagged"
+    ]
+    report["lines"] = lines
+    return report
+
+
+def landscape_run(
+    run_dir: str | Path, kind: str, *, resolution: int = 25, examples: int = 1000
+) -> list[Path]:
+    """Write ``landscape-<kind>.npz`` and ``.png`` for a run; returns the paths."""
+    from ravine.report.landscape import plot_interpolation, plot_surface, plot_trajectory
+
+    run = load_run(run_dir)
+    splits = run.splits
+    data = {
+        "train": (run.inputs(splits.x_train[:examples]), splits.y_train[:examples]),
+        "test": (run.inputs(splits.x_test[:examples]), splits.y_test[:examples]),
+    }
+    loss_fn = loss_function(splits.dataset)
+    out = Path(run_dir)
+    npz, png = out / f"landscape-{kind}.npz", out / f"landscape-{kind}.png"
+    if kind == "interp":
+        curve = interpolate(run.model, run.initial_model(), run.model, loss_fn, data)
+        curve.save(npz)
+        plot_interpolation(curve, png, title="initialization -> trained", labels=("init", "end"))
+    elif kind == "surface":
+        grid = surface(run.model, loss_fn, data, resolution=resolution, generator=0)
+        grid.save(npz)
+        plot_surface(grid, png, title="filter-normalized random directions")
+    else:
+        files = run.epoch_weights()
+        if len(files) < 3:
+            raise ConfigError(
+                f"{out} has {len(files)} saved epochs; a trajectory needs the weights of every "
+                "epoch: train with --keep-weights"
+            )
+        checkpoints = [load_checkpoint(f)["model"] for f in files]
+        path = trajectory(run.model, checkpoints, loss_fn, data, resolution=resolution)
+        path.save(npz)
+        plot_trajectory(path, png, title="training trajectory on its top-2 PCA axes")
+    return [npz, png]
+
+
+def _plot_density(density, top, bottom, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(density.grid.numpy(), density.density.numpy(), color="tab:blue")
+    for value in top.eigenvalues.tolist():
+        ax.axvline(value, color="tab:red", alpha=0.4, lw=0.8)
+    for value in bottom.eigenvalues.tolist():
+        ax.axvline(value, color="tab:green", alpha=0.4, lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("Hessian eigenvalue")
+    ax.set_ylabel("density (SLQ)")
+    ax.set_title("Hessian spectrum: red = top, green = bottom eigenvalues (Lanczos)")
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    return path
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
