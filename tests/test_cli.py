@@ -152,3 +152,13 @@ def test_probe_and_landscape_of_a_run(tmp_path, monkeypatch, capsys):
     assert main(["train", "--epochs", "1", "--out", "plain"]) == 0
     assert main(["landscape", "plain", "--kind", "trajectory"]) == 2
     assert "--keep-weights" in capsys.readouterr().err
+
+
+def test_curvature_tracking_from_the_cli(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--epochs", "1", "--batch-size", "256", "--curvature-every", "2"]
+    assert main([*argv, "--out", "run"]) == 0
+    lines = (tmp_path / "run" / "curvature.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # 6 updates, one record every 2
+    assert (tmp_path / "run" / "curvature.png").exists()
+    assert main(["train", "--curvature-every", "-1"]) == 2

@@ -177,6 +177,10 @@ def train(
         bool | None,
         typer.Option("--keep-weights", help="Save the weights of every epoch (trajectories)."),
     ] = None,
+    curvature_every: Annotated[
+        int,
+        typer.Option(help="Record Hessian extremes every K updates; mark saddles (0: off)."),
+    ] = 0,
     fresh: Annotated[
         bool, typer.Option(help="Start over even if the output folder holds a checkpoint.")
     ] = False,
@@ -240,7 +244,11 @@ def train(
 
         for name in (CHECKPOINT, RESTARTS_CHECKPOINT):
             (out / name).unlink(missing_ok=True)
-    _run_training(run, out)
+    if curvature_every < 0 or (curvature_every and run.restarts > 1):
+        raise UsageFailure(
+            f"--curvature-every must be >= 0 and needs restarts = 1, got {curvature_every}"
+        )
+    _run_training(run, out, curvature_every)
 
 
 def _parse_pairs(pairs: list[str]) -> dict:
@@ -255,7 +263,7 @@ def _parse_pairs(pairs: list[str]) -> dict:
     return parsed
 
 
-def _run_training(run, out: Path) -> None:
+def _run_training(run, out: Path, curvature_every: int = 0) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -293,7 +301,11 @@ def _run_training(run, out: Path) -> None:
 
                 result = train_restarts(run, out, on_progress=on_progress)
             else:
-                result = train(run, out, on_progress=on_progress)
+                tracker = _curvature_tracker(run, curvature_every) if curvature_every else None
+                callbacks = [tracker] if tracker else []
+                result = train(run, out, on_progress=on_progress, callbacks=callbacks)
+                if tracker is not None:
+                    _write_curvature(tracker, out)
         except ConfigError as error:
             raise UsageFailure(str(error)) from None
         except NonFiniteGradientError as error:
@@ -387,6 +399,30 @@ def landscape(
     except ConfigError as error:
         raise UsageFailure(str(error)) from None
     console.print(f"wrote {', '.join(p.name for p in written)} to {run_dir}/")
+
+
+def _curvature_tracker(run, every: int):
+    from ravine.probe import CurvatureTracker
+    from ravine.train.loop import input_view, loss_function, model_config, prepare_data
+
+    splits = prepare_data(run)
+    shape = input_view(model_config(run), splits.dataset)
+    x = splits.x_train[:256].reshape(-1, *shape)
+    return CurvatureTracker(loss_function(splits.dataset), (x, splits.y_train[:256]), every=every)
+
+
+def _write_curvature(tracker, out: Path) -> None:
+    import json
+
+    from ravine.report.training import plot_curvature
+    from ravine.train.checkpoint import atomic_write_text
+
+    lines = "".join(json.dumps(r) + "\n" for r in tracker.to_records())
+    atomic_write_text(out / "curvature.jsonl", lines)
+    if tracker.records:
+        plot_curvature(
+            tracker.to_records(), tracker.episodes(), out / "curvature.png", every=tracker.every
+        )
 
 
 def _print_restarts(console, result) -> None:

@@ -8,6 +8,8 @@ Usable on any ``torch.nn.Module`` + loss + data:
   trace, spectral density, condition number, saddle points and their escape directions.
 * :mod:`ravine.probe.landscape`: interpolation curves, filter-normalized surfaces and
   optimizer trajectories, evaluated batched.
+* :mod:`ravine.probe.tracking`: curvature every k updates during training, with saddle and
+  flat-region episodes.
 """
 
 from ravine.probe.curvature import (
@@ -31,8 +33,11 @@ from ravine.probe.landscape import (
     surface,
     trajectory,
 )
+from ravine.probe.tracking import CurvatureRecord, CurvatureTracker
 
 __all__ = [
+    "CurvatureRecord",
+    "CurvatureTracker",
     "GradientMonitor",
     "HessianOperator",
     "bottom_eigenvalues",

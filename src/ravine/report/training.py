@@ -45,3 +45,52 @@ def plot_training_curves(
     fig.savefig(tmp, dpi=120)
     tmp.replace(path)
     return path
+
+
+def plot_curvature(
+    records: Sequence[dict[str, Any]],
+    episodes: Sequence[tuple[int, int, str]],
+    path: str | os.PathLike[str],
+    *,
+    every: int = 1,
+) -> Path:
+    """Loss on the tracker's batch with saddle / flat episodes shaded, and the extreme
+    Hessian eigenvalues, per step (records from ``CurvatureTracker.to_records()``)."""
+    from matplotlib.figure import Figure
+
+    steps = [r["step"] for r in records]
+    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    loss_ax, eig_ax = fig.subplots(2, 1, sharex=True)
+    loss_ax.plot(steps, [r["loss"] for r in records], color="black", lw=1.2, label="loss")
+    colors = {"saddle": "tab:red", "flat": "tab:orange"}
+    labelled = set()
+    for first, last, kind in episodes:
+        for ax in (loss_ax, eig_ax):
+            ax.axvspan(
+                first - every / 2,
+                last + every / 2,
+                color=colors.get(kind, "tab:gray"),
+                alpha=0.2,
+                label=None if (kind in labelled or ax is eig_ax) else f"{kind} episode",
+            )
+        labelled.add(kind)
+    loss_ax.set_yscale("log")
+    loss_ax.set_ylabel("loss (tracker batch)")
+    loss_ax.legend(loc="upper right")
+    eig_ax.plot(steps, [r["top"] for r in records], color="tab:blue", label="largest eigenvalue")
+    eig_ax.plot(
+        steps, [r["bottom"] for r in records], color="tab:green", label="smallest eigenvalue"
+    )
+    eig_ax.axhline(0, color="gray", lw=0.8)
+    eig_ax.set_yscale("symlog", linthresh=1e-3)
+    eig_ax.margins(y=0.15)
+    eig_ax.set_xlabel("step")
+    eig_ax.set_ylabel("Hessian eigenvalue")
+    eig_ax.legend(loc="upper right")
+    for ax in (loss_ax, eig_ax):
+        ax.grid(alpha=0.3)
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+    return path

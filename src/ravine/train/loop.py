@@ -24,7 +24,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,7 @@ def train(
     resume: bool = True,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     stop_after_epoch: int | None = None,
+    callbacks: Sequence[Callable[[nn.Module, int], None]] = (),
 ) -> TrainResult:
     """Train one network as ``config`` says, writing to ``out_dir``; resume if it holds a
     checkpoint of the same config.
@@ -196,6 +197,8 @@ def train(
     ``on_progress`` gets ``{"step", "total", "epoch", "loss"}`` after each update and the
     epoch's metrics after each epoch. ``stop_after_epoch`` ends the run early (for tests and
     time-boxed sessions) as if it had been killed after that epoch's checkpoint.
+    ``callbacks`` are called as ``callback(model, step)`` after every update (instruments such
+    as :class:`ravine.probe.CurvatureTracker` hook in here).
     """
     if config.restarts > 1:
         raise ConfigError("train() runs one network; restarts > 1 go to train_restarts()")
@@ -297,6 +300,8 @@ def train(
                 correct += int((output.detach().argmax(dim=1) == y).sum())
             if cycle and step % cycle == 0:
                 snapshots.append(_copy_state(model))
+            for callback in callbacks:
+                callback(model, step)
             if on_progress is not None:
                 on_progress({"step": step, "total": total, "epoch": epoch, "loss": value})
 
