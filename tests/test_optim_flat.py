@@ -296,3 +296,16 @@ def test_loaded_scalar_state_stays_on_the_host_in_float64():
     mu = fresh.state[params[0]]["mu_product"]
     assert mu.dtype == torch.float64 and mu.device.type == "cpu"
     assert mu == opt.state[params[0]]["mu_product"]
+
+
+def test_deferred_error_on_the_flat_engine_names_only_the_bad_parameter():
+    params = _model(10)
+    opt = ro.Adam(params, lr=0.01, engine="flat", compile=False)
+    opt._force_guarded = True  # the accelerator's sync-free path, exercised on CPU
+    _run(opt, params, 1)
+    opt.zero_grad()
+    _loss(params, 1).backward()
+    params[3].grad[0, 0, 0] = float("nan")
+    opt.step()  # refused on the device; the error comes with the next step
+    with pytest.raises(ro.NonFiniteGradientError, match=r"gradients of parameter #3 \(3, 4, 2\);"):
+        opt.step()

@@ -270,8 +270,11 @@ class ChainOptimizer(torch.optim.Optimizer):
     def _flat_step(self, work: list, guarded: bool) -> None:
         buckets = self._flat_buckets(work)
         finite = flags = None
+        per_param = guarded and self.nonfinite == "raise"
         if self.nonfinite != "ignore":
-            flags = finite_flags([b.grad for b in buckets])  # (buckets,)
+            # One reduction per bucket; per parameter only where an error will name them.
+            tensors = [p.grad for b in buckets for p in b.params] if per_param else None
+            flags = finite_flags(tensors or [b.grad for b in buckets])
             finite = flags.all()
             if not guarded and not bool(finite):
                 if self.nonfinite == "raise":
@@ -290,11 +293,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         for bucket in buckets:
             self._flat_update(bucket, total_norm, finite if guarded else None)
         if guarded:
-            per_param = torch.cat(
-                [flag.expand(len(b.params)) for flag, b in zip(flags, buckets, strict=True)]
-            )
+            if not per_param:
+                flags = torch.cat(
+                    [flag.expand(len(b.params)) for flag, b in zip(flags, buckets, strict=True)]
+                )
             work = [(b.group, b.params) for b in buckets]
-            self._after_guarded_step(finite, per_param, work)
+            self._after_guarded_step(finite, flags, work)
 
     def _flat_update(
         self, bucket: FlatBucket, total_norm: Tensor | None, finite: Tensor | None

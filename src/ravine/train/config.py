@@ -104,7 +104,11 @@ class TrainConfig:
                 **dict(sorted(self.dataset_args.items())),
             },
             "model": {_MODEL_KEY: self.model, **dict(sorted(self.model_args.items()))},
-            "optimizer": {"name": self.optimizer, **dict(sorted(self.optimizer_args.items()))},
+            # Hyperparameters are real numbers: lr = 1 in a file and --lr 1 must read the same.
+            "optimizer": {
+                "name": self.optimizer,
+                **{k: _as_real(v) for k, v in sorted(self.optimizer_args.items())},
+            },
             "training": {},
         }
         if self.pretrained is not None:
@@ -211,6 +215,14 @@ def _fields_from_tables(document: Mapping[str, Any], source: str) -> dict[str, A
                     )
                 fields[key] = value
     return fields
+
+
+def _as_real(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, list | tuple):
+        return [_as_real(v) for v in value]
+    return value
 
 
 def _take(values: dict[str, Any], key: str, fields: dict[str, Any], field_name: str) -> None:
