@@ -309,3 +309,13 @@ def test_deferred_error_on_the_flat_engine_names_only_the_bad_parameter():
     opt.step()  # refused on the device; the error comes with the next step
     with pytest.raises(ro.NonFiniteGradientError, match=r"gradients of parameter #3 \(3, 4, 2\);"):
         opt.step()
+
+
+@pytest.mark.parametrize("engine", ["simple", "flat"])
+def test_sparse_gradients_get_a_clear_error(engine):
+    w = torch.nn.Parameter(torch.zeros(4))
+    opt = ro.SGD([w], lr=0.1, engine=engine, compile=False)
+    indices, values = torch.tensor([[1]]), torch.tensor([2.0])
+    w.grad = torch.sparse_coo_tensor(indices, values, (4,), check_invariants=True)
+    with pytest.raises(ValueError, match="sparse"):
+        opt.step()

@@ -169,8 +169,6 @@ class ChainOptimizer(torch.optim.Optimizer):
         grads = [p.grad for _, params in work for p in params]
         if not grads:
             return loss
-        for p in (p for _, params in work for p in params):
-            _check_supported(p)
         guarded = self.nonfinite != "ignore" and (
             self._force_guarded or any(g.device.type != "cpu" for g in grads)
         )
@@ -187,6 +185,8 @@ class ChainOptimizer(torch.optim.Optimizer):
                         stacklevel=2,
                     )
                     self._fallback_warned = True
+        for p in (p for _, params in work for p in params):
+            _check_supported(p)  # (the flat engine checks as gradients enter its buffers)
 
         finite = flags = None
         if self.nonfinite != "ignore":

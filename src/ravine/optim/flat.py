@@ -65,6 +65,7 @@ class FlatBucket:
         self.grad_views = self._views(self.grad)
         for p, view in zip(self.params, self.grad_views, strict=True):
             if p.grad is not None:
+                _check_dense(p.grad)
                 view.copy_(p.grad)
             p.grad = view
 
@@ -109,16 +110,20 @@ class FlatBucket:
             for key, value in self.scalars.items():
                 state[p][key] = value
         self._started = started
+        self._remember_layout()
 
     def layout_intact(self) -> bool:
         """Whether every parameter still lives in the flat buffer (else the bucket is rebuilt)."""
+        # One list comparison: this runs on every step. Zero-size tensors have no storage to
+        # point into (data_ptr 0), so they are left out on both sides.
+        return [p.data_ptr() for p in self._sized] == self._pointers
+
+    def _remember_layout(self) -> None:
         size = self.param.element_size()
         base = self.param.data_ptr()
-        # Zero-size tensors have no storage to point into (data_ptr 0): nothing to check.
-        return all(
-            p.dtype == self.dtype and (p.numel() == 0 or p.data_ptr() == base + o * size)
-            for p, o in zip(self.params, self.offsets, strict=True)
-        )
+        pairs = [(p, o) for p, o in zip(self.params, self.offsets, strict=True) if p.numel()]
+        self._sized = [p for p, _ in pairs]
+        self._pointers = [base + o * size for _, o in pairs]
 
     def sync(self, state: dict[Tensor, dict[str, Any]]) -> None:
         """Copy in gradients and state tensors that were replaced since the last step.
@@ -128,6 +133,7 @@ class FlatBucket:
         """
         for p, view in zip(self.params, self.grad_views, strict=True):
             if p.grad is not view:
+                _check_dense(p.grad)
                 view.copy_(p.grad)
                 p.grad = view
         for key, views in self.state_views.items():
@@ -137,12 +143,10 @@ class FlatBucket:
                     if isinstance(value, Tensor) and value.shape == p.shape:
                         view.copy_(value)
                     state[p][key] = view
-        intact = all(
-            state[p]["step"] is self.step
-            and all(state[p].get(k) is v for k, v in self.scalars.items())
-            for p in self.params
-        )
-        if intact:
+        # The step tensor is shared by the whole bucket and rebound together with any scalar
+        # state, so one identity per parameter tells whether anyone replaced them.
+        step = self.step
+        if all(state[p]["step"] is step for p in self.params):
             return
         steps = {float(state[p]["step"]) for p in self.params}
         if len(steps) > 1:
@@ -158,6 +162,11 @@ class FlatBucket:
 
     def zero_grad(self) -> None:
         self.grad.zero_()
+
+
+def _check_dense(grad: Tensor) -> None:
+    if grad.is_sparse or torch.is_complex(grad):
+        raise ValueError("ravine optimizers do not support sparse or complex gradients")
 
 
 def _step_count(state: Mapping[str, Any]) -> float:
