@@ -162,3 +162,32 @@ def test_curvature_tracking_from_the_cli(tmp_path, monkeypatch):
     assert len(lines) == 3  # 6 updates, one record every 2
     assert (tmp_path / "run" / "curvature.png").exists()
     assert main(["train", "--curvature-every", "-1"]) == 2
+
+
+def test_gradient_health_over_a_run_flags_a_vanishing_sigmoid_network(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    argv = [
+        "train",
+        "--model",
+        "mlp",
+        "--depth",
+        "10",
+        "--width",
+        "64",
+        "--activation",
+        "sigmoid",
+        "--init",
+        "default",
+        "--epochs",
+        "1",
+        "--gradient-health",
+        "--out",
+        "r",
+    ]
+    assert main(argv) == 0
+    assert "vanishing_gradients" in capsys.readouterr().out
+    findings = __import__("json").loads((tmp_path / "r" / "gradient-health.json").read_text())
+    assert findings[0]["kind"] == "vanishing_gradients"
+    assert (tmp_path / "r" / "gradient-flow.png").exists()

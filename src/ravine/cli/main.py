@@ -181,6 +181,12 @@ def train(
         int,
         typer.Option(help="Record Hessian extremes every K updates; mark saddles (0: off)."),
     ] = 0,
+    gradient_health: Annotated[
+        bool,
+        typer.Option(
+            "--gradient-health", help="Watch per-layer gradients over the run; flag problems."
+        ),
+    ] = False,
     fresh: Annotated[
         bool, typer.Option(help="Start over even if the output folder holds a checkpoint.")
     ] = False,
@@ -248,7 +254,9 @@ def train(
         raise UsageFailure(
             f"--curvature-every must be >= 0 and needs restarts = 1, got {curvature_every}"
         )
-    _run_training(run, out, curvature_every)
+    if gradient_health and run.restarts > 1:
+        raise UsageFailure("--gradient-health needs restarts = 1")
+    _run_training(run, out, curvature_every, gradient_health)
 
 
 def _parse_pairs(pairs: list[str]) -> dict:
@@ -263,7 +271,7 @@ def _parse_pairs(pairs: list[str]) -> dict:
     return parsed
 
 
-def _run_training(run, out: Path, curvature_every: int = 0) -> None:
+def _run_training(run, out: Path, curvature_every: int = 0, gradient_health: bool = False) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -302,10 +310,13 @@ def _run_training(run, out: Path, curvature_every: int = 0) -> None:
                 result = train_restarts(run, out, on_progress=on_progress)
             else:
                 tracker = _curvature_tracker(run, curvature_every) if curvature_every else None
-                callbacks = [tracker] if tracker else []
+                health = _gradient_health() if gradient_health else None
+                callbacks = [c for c in (tracker, health) if c is not None]
                 result = train(run, out, on_progress=on_progress, callbacks=callbacks)
                 if tracker is not None:
                     _write_curvature(tracker, out)
+                if health is not None:
+                    _write_gradient_health(health, out, console)
         except ConfigError as error:
             raise UsageFailure(str(error)) from None
         except NonFiniteGradientError as error:
@@ -409,6 +420,32 @@ def _curvature_tracker(run, every: int):
     shape = input_view(model_config(run), splits.dataset)
     x = splits.x_train[:256].reshape(-1, *shape)
     return CurvatureTracker(loss_function(splits.dataset), (x, splits.y_train[:256]), every=every)
+
+
+def _gradient_health():
+    from ravine.probe.gradients import GradientHealthCallback
+
+    return GradientHealthCallback()
+
+
+def _write_gradient_health(health, out: Path, console) -> None:
+    import json
+
+    from ravine.report.gradients import plot_gradient_flow
+    from ravine.train.checkpoint import atomic_write_text
+
+    findings = health.findings()
+    records = [
+        {"kind": f.kind, "layer": f.layer, "step": f.step, "message": f.message, "advice": f.advice}
+        for f in findings
+    ]
+    atomic_write_text(out / "gradient-health.json", json.dumps(records, indent=2))
+    if health.monitor is not None and health.monitor.history:
+        plot_gradient_flow(health.monitor, out / "gradient-flow.png", title="Gradient flow")
+    for f in findings:
+        console.print(f"{f.kind} at {f.layer} from step {f.step}: {f.message}. {f.advice}")
+    if not findings:
+        console.print("gradient health: nothing flagged")
 
 
 def _write_curvature(tracker, out: Path) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "SATURATION_MAX",
     "VANISHING_RATIO",
     "Finding",
+    "GradientHealthCallback",
     "GradientMonitor",
     "GradientRecord",
     "LayerStats",
@@ -561,3 +562,28 @@ def diagnose(history: GradientMonitor | Iterable[GradientRecord]) -> list[Findin
 
     findings.sort(key=lambda f: f.step)
     return findings
+
+
+class GradientHealthCallback:
+    """A training-loop callback that watches gradient health over a whole run.
+
+    ``ravine.train.train(config, out, callbacks=[health])`` attaches a :class:`GradientMonitor`
+    to the model and optimizer before the first update and records every ``every`` updates;
+    ``health.findings()`` then says whether, where and when gradients vanished or exploded.
+    """
+
+    def __init__(self, every: int = 1) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        self.every = every
+        self.monitor: GradientMonitor | None = None
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.monitor = GradientMonitor(model, optimizer)
+
+    def __call__(self, model: nn.Module, step: int) -> None:
+        if self.monitor is not None and step % self.every == 0:
+            self.monitor.record(step)
+
+    def findings(self) -> list[Finding]:
+        return diagnose(self.monitor) if self.monitor is not None and self.monitor.history else []

@@ -198,7 +198,8 @@ def train(
     epoch's metrics after each epoch. ``stop_after_epoch`` ends the run early (for tests and
     time-boxed sessions) as if it had been killed after that epoch's checkpoint.
     ``callbacks`` are called as ``callback(model, step)`` after every update (instruments such
-    as :class:`ravine.probe.CurvatureTracker` hook in here).
+    as :class:`ravine.probe.CurvatureTracker` hook in here); one with an ``attach(model,
+    optimizer)`` method gets it called once, before the first update.
     """
     if config.restarts > 1:
         raise ConfigError("train() runs one network; restarts > 1 go to train_restarts()")
@@ -235,6 +236,9 @@ def train(
     data_gen = torch.Generator().manual_seed(streams["data"])
     noise_gen = torch.Generator().manual_seed(streams["noise"])
     torch.manual_seed(streams["dropout"])  # dropout draws from the global generator
+    for callback in callbacks:
+        if hasattr(callback, "attach"):
+            callback.attach(model, optimizer)
     history: list[dict[str, Any]] = []
     step_log: list[tuple[int, float, float]] = []  # (step, loss, lr)
     snapshots: list[dict[str, Tensor]] = []
