@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ravine.train.checkpoint import atomic_write
+
 __all__ = [
     "PCA",
     "Interpolation",
@@ -155,15 +157,7 @@ def _save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) ->
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
 
 # ----------------------------------------------------------------------------- directions

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ravine.train.checkpoint import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -119,12 +121,12 @@ def _summary_record(row: Summary) -> dict[str, Any]:
 
 
 def _write_csv(result: CompareResult, path: Path) -> Path:
-    with _atomic(path) as handle:
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        for row in result.summary:
-            writer.writerow(_summary_record(row))
-    return path
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
+    writer.writeheader()
+    for row in result.summary:
+        writer.writerow(_summary_record(row))
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def _write_json(result: CompareResult, path: Path) -> Path:
@@ -155,9 +157,7 @@ def _write_json(result: CompareResult, path: Path) -> Path:
             for run in result.runs
         ],
     }
-    with _atomic(path) as handle:
-        json.dump(document, handle, indent=2)
-    return path
+    return atomic_write_text(path, json.dumps(document, indent=2))
 
 
 def _write_arrays(result: CompareResult, path: Path) -> Path:
@@ -165,10 +165,7 @@ def _write_arrays(result: CompareResult, path: Path) -> Path:
     for run in result.runs:
         arrays[f"{run.problem}/{run.optimizer}/positions"] = run.positions
         arrays[f"{run.problem}/{run.optimizer}/losses"] = run.losses
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
 def _write_plots(result: CompareResult, out: Path, suffix: str) -> list[Path]:
@@ -211,28 +208,6 @@ def _write_plots(result: CompareResult, out: Path, suffix: str) -> list[Path]:
             )
         )
     return written
-
-
-class _atomic:
-    """Write a text file through a temporary sibling and rename it into place."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self):
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600; these are ordinary files
-        self.handle = os.fdopen(fd, "w", newline="", encoding="utf-8")
-        return self.handle
-
-    def __exit__(self, kind, value, traceback) -> None:
-        self.handle.close()
-        if kind is None:
-            os.replace(self.tmp, self.path)
-        else:
-            os.unlink(self.tmp)
 
 
 def _slug(text: str) -> str:

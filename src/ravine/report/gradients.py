@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ravine.probe.gradients import GradientMonitor, GradientRecord, LayerStats, history_array
-from ravine.report.plots import _save
+from ravine.report.plots import save_figure
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -74,7 +74,7 @@ def plot_gradient_flow(
     bar = fig.colorbar(image, ax=ax, pad=0.02)
     bar.set_label("log10 ‖∂L/∂W‖")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_activation_histograms(
@@ -132,7 +132,7 @@ def plot_activation_histograms(
         ax.set_visible(False)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _heading(name: str, stats: LayerStats | None) -> str:

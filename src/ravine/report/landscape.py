@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from ravine.report.plots import save_figure
 
+if TYPE_CHECKING:
     from ravine.probe.landscape import Interpolation, Surface
 
 __all__ = ["plot_interpolation", "plot_surface", "plot_trajectory"]
 
-_DPI = 120
 _SPLIT_COLORS = {"train": "tab:blue", "test": "tab:orange", "data": "tab:blue"}
 
 
@@ -96,7 +95,7 @@ def plot_surface(
         ax3.view_init(elev=35, azim=-60)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_interpolation(
@@ -157,7 +156,7 @@ def plot_interpolation(
         ax.legend()
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_trajectory(
@@ -228,18 +227,4 @@ def plot_trajectory(
         ax.set_xlabel("direction 1")
         ax.set_ylabel("direction 2")
     ax.set_title(title or "training path on its top-2 PCA directions")
-    return _save(fig, path)
-
-
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        path = path.with_name(path.name + ".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=_DPI)
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path)

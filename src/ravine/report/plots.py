@@ -188,7 +188,7 @@ def plot_trajectories(
     )
     if handles:
         fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_trajectory_grid(
@@ -235,7 +235,7 @@ def plot_trajectory_grid(
         max_starts=max_starts,
         resolution=resolution,
     )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _trajectory_grid_figure(
@@ -689,7 +689,7 @@ def plot_loss_curves(
             title=f"median over starts\nband: {band_name}",
             title_fontsize=8,
         )
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _nan_as_extreme(arr: np.ndarray, ref: float) -> np.ndarray:
@@ -762,7 +762,8 @@ def _for_display(y: np.ndarray, scale: str, bottom: float, top: float) -> np.nda
 # ----------------------------------------------------------------------------- saving
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Save ``fig`` atomically as PNG (or SVG plus a PNG beside it); every ravine figure."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == "":

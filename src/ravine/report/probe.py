@@ -158,10 +158,9 @@ def _plot_density(density, top, bottom, path: Path) -> Path:
     ax.set_xlabel("Hessian eigenvalue")
     ax.set_ylabel("density (SLQ)")
     ax.set_title("Hessian spectrum: red = top, green = bottom eigenvalues (Lanczos)")
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    return path
+    from ravine.report.plots import save_figure
+
+    return save_figure(fig, path)
 
 
 def _finite(value: Any) -> Any:

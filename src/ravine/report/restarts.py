@@ -88,8 +88,6 @@ def plot_restart_losses(
         )
     if title:
         fig.suptitle(title)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    return path
+    from ravine.report.plots import save_figure
+
+    return save_figure(fig, path)

@@ -40,11 +40,9 @@ def plot_training_curves(
         ax.legend()
     if title:
         fig.suptitle(title)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    return path
+    from ravine.report.plots import save_figure
+
+    return save_figure(fig, path)
 
 
 def plot_curvature(
@@ -89,8 +87,6 @@ def plot_curvature(
     eig_ax.legend(loc="upper right")
     for ax in (loss_ax, eig_ax):
         ax.grid(alpha=0.3)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    tmp.replace(path)
-    return path
+    from ravine.report.plots import save_figure
+
+    return save_figure(fig, path)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -19,21 +20,21 @@ def _default_mode() -> int:
 _FILE_MODE = _default_mode()
 
 
-def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary sibling, fsync, then rename over ``path``.
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(handle)`` on a temporary sibling, fsync, then rename it over ``path``.
 
     The rename is atomic on POSIX and Windows, so readers (and a resumed run) see either the
-    previous checkpoint or the new one, never a torn file.
+    previous file or the new one, never a torn one. Every file ravine writes goes through here.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; a checkpoint is an ordinary file
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; these are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -41,13 +42,14 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Pa
     return path
 
 
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` ``payload`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write a text file through a temporary sibling renamed into place (logs, summaries)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    """Write a text file (logs, summaries, tables) atomically."""
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
