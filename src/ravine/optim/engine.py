@@ -214,6 +214,9 @@ class ChainOptimizer(torch.optim.Optimizer):
             scale = None
             if group["max_grad_norm"] is not None:
                 scale = clip_coefficient(total_norm, group["max_grad_norm"])
+            # The chain's shape is a property of the group: worked out once, not per tensor.
+            stages = [stage for stage in self.transforms if stage.active(group)]
+            chain = [(stage, stage.flags(group)) for stage in stages]
             for p in params:
                 grad = clip_values[index]
                 index += 1
@@ -221,7 +224,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                     grad = grad * scale.to(grad)
                 if group["maximize"]:
                     grad = -grad
-                self._update_parameter(p, grad, group, finite if guarded else None)
+                self._update_parameter(p, grad, group, chain, finite if guarded else None)
 
         if guarded:
             self._after_guarded_step(finite, flags, work)
@@ -393,10 +396,14 @@ class ChainOptimizer(torch.optim.Optimizer):
         return None
 
     def _update_parameter(
-        self, p: Tensor, grad: Tensor, group: Mapping[str, Any], finite: Tensor | None
+        self,
+        p: Tensor,
+        grad: Tensor,
+        group: Mapping[str, Any],
+        chain: list[tuple[Transform, dict[str, bool]]],
+        finite: Tensor | None,
     ) -> None:
         state = self.state[p]
-        stages = [stage for stage in self.transforms if stage.active(group)]
         target = p  # the tensor the result is written to
         compute = self._compute_dtype(p)
         if compute != p.dtype:
@@ -406,7 +413,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             # is missing. torch's SGD is the one that counts no steps; a buffer it saved means
             # at least one update happened, which is all HeavyBall's first-step rule needs.
             state["step"] = torch.tensor(1.0 if state else 0.0, dtype=_step_dtype())
-            for stage in stages:
+            for stage, _ in chain:
                 for key, value in stage.init(p, group).items():
                     state.setdefault(key, value)
 
@@ -423,10 +430,10 @@ class ChainOptimizer(torch.optim.Optimizer):
 
         u, new_state = grad, {}
         view = _ChainedState(state, new_state)
-        for stage in stages:
+        for stage, flags in chain:
             coefficients, scalars = stage.coefficients(group, step, view)
             new_state.update(scalars)
-            u, produced = stage.apply(u, p, view, coefficients, stage.flags(group))
+            u, produced = stage.apply(u, p, view, coefficients, flags)
             new_state.update(produced)
 
         if finite is None:
