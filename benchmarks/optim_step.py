@@ -1,10 +1,11 @@
 """Milliseconds per optimizer step, and how far each is from the memory-bandwidth floor.
 
 An optimizer step is elementwise: it must read the parameters, gradients and state once and
-write the parameters and state once. The floor is those bytes divided by the copy bandwidth
-measured in the same run (``dst.copy_(src)`` over the same total size). Every variant is timed
-side by side in one process, with ``lr`` changed on every timed step (a compiled variant that
-recompiled on it would show here), and the first step of compiled variants reported apart.
+write the parameters and state once. Its floor is the time ``a += b`` takes to move as many bytes
+(two words read, one written back), timed alongside. Every variant is timed side by side in
+one process, the variants taking turns step by step, with ``lr`` changed on every timed step
+(a compiled variant that recompiled on it would show here); the first step of compiled
+variants is reported apart.
 
     python benchmarks/optim_step.py                      # CPU: 10M parameters in 200 tensors
     python benchmarks/optim_step.py --device cuda --params 200e6 --tensors 400
@@ -14,6 +15,7 @@ recompiled on it would show here), and the first step of compiled variants repor
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -31,6 +33,8 @@ OPTIMIZERS = {
     "nadam": (ro.NAdam, torch.optim.NAdam, {"lr": 1e-3}, 7),
 }
 
+FLOOR = "(floor: a += b)"
+
 
 def make_params(total: int, tensors: int, device: str) -> list[torch.nn.Parameter]:
     size = total // tensors
@@ -47,42 +51,56 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(opt, steps: int, device: str) -> tuple[float, float]:
-    """(first step seconds, fastest ms of the following steps), lr changed every step.
+def time_interleaved(optimizers: dict, steps: int, device: str) -> dict[str, tuple]:
+    """name -> (first step seconds, fastest ms, median ms), ``lr`` changed on every step.
 
-    The fastest, not the median: on a shared machine other processes only ever add time.
+    The variants take turns, one step each per round (in a rotating order), so that a burst of
+    load on a shared machine hits all of them alike and the ratios between them hold even when
+    the absolute times move. Each step starts with its data out of cache, as in training,
+    where the backward pass between two steps has evicted it.
     """
-    sync(device)
-    start = time.perf_counter()
-    opt.step()
-    sync(device)
-    first = time.perf_counter() - start
-    opt.step()  # a second warm-up step (lazy state, autotuning)
-    times = []
-    for i in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = 1e-3 * (1 + 0.01 * i)  # a schedule would do this
+    first = {}
+    for name, opt in optimizers.items():
         sync(device)
         start = time.perf_counter()
         opt.step()
         sync(device)
-        times.append(time.perf_counter() - start)
-    return first, 1e3 * min(times)
+        first[name] = time.perf_counter() - start
+        opt.step()  # a second warm-up step (lazy state, autotuning)
+    times: dict[str, list[float]] = {name: [] for name in optimizers}
+    names = list(optimizers)
+    for i in range(steps):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            opt = optimizers[name]
+            for group in opt.param_groups:
+                group["lr"] = 1e-3 * (1 + 0.01 * i)  # a schedule would do this
+            sync(device)
+            start = time.perf_counter()
+            opt.step()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {
+        name: (first[name], 1e3 * min(ts), 1e3 * statistics.median(ts))
+        for name, ts in times.items()
+    }
 
 
-def copy_bandwidth(total: int, device: str, repeats: int = 10) -> float:
-    """Bytes per second of ``dst.copy_(src)`` (read + write) over ``total`` float32s."""
-    src = torch.randn(total, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        dst.copy_(src)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return 2 * 4 * total / min(times)
+class Floor:
+    """The floor as one more contender: ``a += b`` over as many bytes as the step moves.
+
+    Read two words, write one back where it was read, like a step, which writes only buffers
+    it has read. (A ``copy_`` into a buffer it never read would also pay for the CPU reading
+    the destination into cache before writing it, and overstate the floor.)
+    """
+
+    def __init__(self, words: int, total: int, device: str) -> None:
+        elements = words * total // 3
+        self.a = torch.randn(elements, device=device)
+        self.b = torch.randn(elements, device=device)
+        self.param_groups: list = []
+
+    def step(self) -> None:
+        self.a.add_(self.b)
 
 
 def variants(name: str, args) -> list[tuple[str, callable]]:
@@ -118,30 +136,51 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--params", type=float, default=10e6, help="total parameters")
     parser.add_argument("--tensors", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument("--torch-compile", action="store_true", help="also torch.compile(step)")
     args = parser.parse_args()
+    unknown = sorted(set(args.optimizers.split(",")) - set(OPTIMIZERS))
+    if unknown:
+        parser.error(f"unknown optimizer(s) {', '.join(unknown)}; valid: {', '.join(OPTIMIZERS)}")
     total = int(args.params) // args.tensors * args.tensors
-    bandwidth = copy_bandwidth(total, args.device)
     print(
         f"device {args.device}, {total / 1e6:.0f}M fp32 parameters in {args.tensors} tensors, "
-        f"copy bandwidth {bandwidth / 1e9:.1f} GB/s, torch {torch.__version__}"
+        f"torch {torch.__version__}; {args.steps} interleaved steps per variant"
     )
-    header = f"{'optimizer':<13} {'variant':<18} {'ms/step':>9} {'x floor':>8} {'first step':>11}"
+    header = (
+        f"{'optimizer':<13} {'variant':<18} {'fastest ms':>10} {'median ms':>10} "
+        f"{'x floor':>8} {'first step':>11}"
+    )
     print(header)
     print("-" * len(header))
+    summary = []
     for name in args.optimizers.split(","):
         *_, words = OPTIMIZERS[name]
-        floor_ms = 1e3 * words * 4 * total / bandwidth
+        contenders = {FLOOR: Floor(words, total, args.device)}
         for label, build in variants(name, args):
-            params = make_params(total, args.tensors, args.device)
-            opt = build(params)
-            first, ms = time_steps(opt, args.steps, args.device)
+            contenders[label] = build(make_params(total, args.tensors, args.device))
+        results = time_interleaved(contenders, args.steps, args.device)
+        floor_ms = results.pop(FLOOR)[1]
+        for label, (first, fastest, median) in results.items():
             first_text = f"{first:.2f} s" if "compile" in label or label == "ravine flat" else ""
-            print(f"{name:<13} {label:<18} {ms:9.2f} {ms / floor_ms:8.2f} {first_text:>11}")
-            del opt, params
-        print(f"{name:<13} {'(floor)':<18} {floor_ms:9.2f} {1.0:8.2f}")
+            print(
+                f"{name:<13} {label:<18} {fastest:10.2f} {median:10.2f} "
+                f"{fastest / floor_ms:8.2f} {first_text:>11}"
+            )
+        print(f"{name:<13} {FLOOR:<18} {floor_ms:10.2f}")
+        torch_best = min((r[1], label) for label, r in results.items() if label.startswith("torch"))
+        default = results["torch foreach" if args.device != "cpu" else "torch for-loop"][1]
+        summary.append((name, torch_best, default, results["ravine flat"][1], floor_ms))
+        del contenders
+    print()
+    print("ravine flat against torch (fastest step of each, measured side by side):")
+    print(f"{'optimizer':<13} {'torch best':>24} {'x default':>10} {'x best':>8} {'x floor':>8}")
+    for name, (best_ms, best_label), default_ms, flat_ms, floor_ms in summary:
+        print(
+            f"{name:<13} {best_ms:8.2f} ms {best_label:>13} {default_ms / flat_ms:9.2f}x "
+            f"{best_ms / flat_ms:7.2f}x {flat_ms / floor_ms:8.2f}"
+        )
 
 
 if __name__ == "__main__":

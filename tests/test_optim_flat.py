@@ -196,6 +196,52 @@ def test_compiled_flat_engine_matches_and_does_not_recompile_when_lr_changes():
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
 
 
+def test_every_structure_compiles_past_dynamos_recompile_limit():
+    # Dynamo gives up on a code object after 8 variants; a sweep over optimizer settings in
+    # one process must not fall back to eager from the ninth configuration on.
+    counter = torch._dynamo.testing.CompileCounter()
+    configs = [
+        ("sgd", {}),
+        ("sgd", {"weight_decay": 0.1}),
+        ("momentum", {}),
+        ("nesterov", {}),
+        ("adagrad", {}),
+        ("rmsprop", {}),
+        ("rmsprop", {"centered": True}),
+        ("rmsprop", {"momentum": 0.9}),
+        ("adam", {}),
+        ("adam", {"amsgrad": True}),
+        ("adamw", {}),
+        ("nadam", {}),
+    ]
+    for name, hyper in configs:
+        params = _model(1)
+        opt = ro.make_optimizer(name, params, lr=0.01, engine="flat", **hyper)
+        opt._kernels = FusedKernels(compile=True, backend=counter)
+        _run(opt, params, 2)
+        assert not opt._kernels.compile_failed, (name, hyper)
+    assert counter.frame_count == len(configs)
+
+
+def test_buckets_of_different_sizes_share_one_kernel():
+    counter = torch._dynamo.testing.CompileCounter()
+    shapes = [(7, 5), (5,), (0,), (3, 4, 2), (6, 2)]
+    simple, flat = ([torch.nn.Parameter(torch.randn(s)) for s in shapes] for _ in range(2))
+    for a, b in zip(simple, flat, strict=True):
+        b.data.copy_(a.data)
+    opt_simple = ro.Adam([{"params": [p]} for p in simple], lr=0.01)
+    opt_flat = ro.Adam([{"params": [p]} for p in flat], lr=0.01, engine="flat")
+    opt_flat._kernels = FusedKernels(compile=True, backend=counter)
+    _run(opt_simple, simple, 3)
+    _run(opt_flat, flat, 3)
+    # Four sizes: compiled static, then once more with a symbolic size; the empty bucket has
+    # nothing to compute (its step count still advances).
+    assert counter.frame_count == 2
+    assert opt_flat.state[flat[2]]["step"] == 3
+    for a, b in zip(simple, flat, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
 def test_unknown_engine_is_rejected():
     with pytest.raises(ValueError, match="engine must be one of simple, flat; got 'fast'"):
         ro.Adam(_model(0), engine="fast")

@@ -29,6 +29,7 @@ asynchronously and the error is raised at the start of the next ``step()`` (or b
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -42,7 +43,7 @@ from ravine.optim.transforms import Transform
 
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
 ENGINES = ("simple", "flat")
-EAGER_CHUNK = 1 << 16  # elements per eager flat pass: a few temporaries of this fit in L2
+EAGER_CHUNK = 1 << 18  # elements per eager flat pass: its temporaries (1 MiB each) stay in cache
 
 #: Hyperparameters every ravine optimizer understands, on top of its own.
 COMMON_HYPERPARAMS: Mapping[str, Any] = {
@@ -125,7 +126,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         # this dtype; the parameters themselves are rounded once per step on the write.
         self.state_dtype = state_dtype
         self._buckets: list[FlatBucket] | None = None
-        self._bucket_key: tuple | None = None
+        self._bucket_key: list | None = None
+        self._bucket_members: list[list[Tensor]] | None = None
         self._kernels = FusedKernels(compile=compile)
         self._fallback_warned = False
         super().__init__(params, defaults)
@@ -236,16 +238,24 @@ class ChainOptimizer(torch.optim.Optimizer):
         """The buckets for this step, built (or rebuilt) when the layout changed."""
         # The layout follows the parameters that have gradients, as torch.optim updates exactly
         # those; a parameter that joins or leaves rebuilds it (at equal step counts).
-        key = tuple(
+        key = [
             (
-                id(group),
-                tuple(id(p) for p in params),
+                group,
                 tuple(stage.active(group) for stage in self.transforms),
                 tuple(tuple(stage.flags(group).items()) for stage in self.transforms),
             )
-            for group, params in work
+            for group, _ in work
+        ]
+        param_lists = [params for _, params in work]
+        reusable = (
+            self._buckets is not None
+            and len(key) == len(self._bucket_key)
+            and all(
+                new[0] is old[0] and new[1:] == old[1:]
+                for new, old in zip(key, self._bucket_key, strict=True)
+            )
+            and all(map(_same_tensors, param_lists, self._bucket_members))
         )
-        reusable = self._buckets is not None and key == self._bucket_key
         if reusable and all(b.layout_intact() for b in self._buckets):
             for bucket in self._buckets:
                 bucket.sync(self.state)
@@ -267,7 +277,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                 )
                 bucket.group = group
                 buckets.append(bucket)
-        self._buckets, self._bucket_key = buckets, key
+        self._buckets, self._bucket_key, self._bucket_members = buckets, key, param_lists
         return buckets
 
     def _flat_step(self, work: list, guarded: bool) -> None:
@@ -356,7 +366,9 @@ class ChainOptimizer(torch.optim.Optimizer):
             bucket.compute_dtype,
         )
         kernel = self._kernels.get(structure, lambda: fused_update(stages, flags, *structure[2:]))
-        if self._kernels.compiling:
+        if bucket.numel == 0:
+            pass  # nothing to compute (and nothing to compile); the step count still advances
+        elif self._kernels.compiling:
             kernel(bucket.param, bucket.grad, bucket.state, tensors, lr, clip, scale, finite)
         else:
             # Eagerly, each operation of the chain makes a temporary: over cache-sized chunks
@@ -589,6 +601,11 @@ def _pack(numbers: list, bucket: FlatBucket) -> list[Tensor]:
         host = host.pin_memory()
     packed = iter(host.to(bucket.device, non_blocking=True).unbind()) if floats else iter(())
     return [n.to(bucket.device, dtype) if isinstance(n, Tensor) else next(packed) for n in numbers]
+
+
+def _same_tensors(a: list[Tensor], b: list[Tensor]) -> bool:
+    # Identity, compared in C (``==`` on tensors would compare values).
+    return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
 def _check_supported(p: Tensor) -> None:

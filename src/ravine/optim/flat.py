@@ -22,8 +22,11 @@ a step, or joined late) — runs on the simple engine from then on, with a warni
 
 from __future__ import annotations
 
+import operator
+import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -116,7 +119,7 @@ class FlatBucket:
         """Whether every parameter still lives in the flat buffer (else the bucket is rebuilt)."""
         # One list comparison: this runs on every step. Zero-size tensors have no storage to
         # point into (data_ptr 0), so they are left out on both sides.
-        return [p.data_ptr() for p in self._sized] == self._pointers
+        return list(map(Tensor.data_ptr, self._sized)) == self._pointers
 
     def _remember_layout(self) -> None:
         size = self.param.element_size()
@@ -128,40 +131,46 @@ class FlatBucket:
     def sync(self, state: dict[Tensor, dict[str, Any]]) -> None:
         """Copy in gradients and state tensors that were replaced since the last step.
 
-        Identity checks first: on the usual step nothing was replaced and this costs a few
-        pointer comparisons per parameter.
+        Identity checks first, mapped in C: on the usual step nothing was replaced and this
+        costs a few pointer comparisons per parameter (it runs on every step).
         """
-        for p, view in zip(self.params, self.grad_views, strict=True):
-            if p.grad is not view:
-                _check_dense(p.grad)
-                view.copy_(p.grad)
-                p.grad = view
+        if not all(map(operator.is_, map(_GRAD, self.params), self.grad_views)):
+            for p, view in zip(self.params, self.grad_views, strict=True):
+                if p.grad is not view:
+                    _check_dense(p.grad)
+                    view.copy_(p.grad)
+                    p.grad = view
+        states = [state[p] for p in self.params]
         for key, views in self.state_views.items():
-            for p, view in zip(self.params, views, strict=True):
-                value = state[p].get(key)
+            if all(map(operator.is_, map(dict.get, states, repeat(key)), views)):
+                continue
+            for p_state, p, view in zip(states, self.params, views, strict=True):
+                value = p_state.get(key)
                 if value is not view:
                     if isinstance(value, Tensor) and value.shape == p.shape:
                         view.copy_(value)
-                    state[p][key] = view
+                    p_state[key] = view
         # The step tensor is shared by the whole bucket and rebound together with any scalar
         # state, so one identity per parameter tells whether anyone replaced them.
         step = self.step
-        if all(state[p]["step"] is step for p in self.params):
+        if all(map(operator.is_, map(dict.get, states, repeat("step")), repeat(step))):
             return
-        steps = {float(state[p]["step"]) for p in self.params}
+        steps = {_step_count(p_state) for p_state in states}
         if len(steps) > 1:
             raise Unflattenable("parameters of one group are at different step counts")
         self.step = torch.tensor(steps.pop(), dtype=self.step.dtype)
         for key in self.scalars:
-            value = state[self.params[0]][key]
+            value = states[0][key]
             self.scalars[key] = value.detach().to("cpu", torch.float64)
-        for p in self.params:
-            state[p]["step"] = self.step
-            for key, value in self.scalars.items():
-                state[p][key] = value
+        for p_state in states:
+            p_state["step"] = self.step
+            p_state.update(self.scalars)
 
     def zero_grad(self) -> None:
         self.grad.zero_()
+
+
+_GRAD = operator.attrgetter("grad")
 
 
 def _check_dense(grad: Tensor) -> None:
@@ -249,13 +258,34 @@ class FusedKernels:
         if kernel is None:
             kernel = build()
             if self.compile and not self.compile_failed:
-                kernel = _compiled(kernel, self)
+                kernel = _compiled(_with_own_code(kernel, (key, self.backend)), self)
             self._cache[key] = kernel
         return kernel
 
 
+# Dynamo keeps its compiled graphs per code object and gives up on one after
+# ``recompile_limit`` (8) variants. Every structure would be a variant of the one ``update``
+# inside ``fused_update``: a ninth optimizer configuration in a process (a sweep, a study)
+# would silently run eagerly. So each structure gets its own copy of the code object, shared
+# by every optimizer with that structure (their stages may differ only in what dynamo's
+# guards check, so sharing is safe and later optimizers start without compiling).
+_CODE_BY_STRUCTURE: dict[tuple, types.CodeType] = {}
+
+
+def _with_own_code(kernel: Callable[..., None], key: tuple) -> Callable[..., None]:
+    code = _CODE_BY_STRUCTURE.get(key)
+    if code is None:
+        code = kernel.__code__.replace(co_name=f"{kernel.__name__}_{len(_CODE_BY_STRUCTURE)}")
+        _CODE_BY_STRUCTURE[key] = code
+    return types.FunctionType(
+        code, kernel.__globals__, code.co_name, kernel.__defaults__, kernel.__closure__
+    )
+
+
 def _compiled(kernel: Callable[..., None], owner: FusedKernels) -> Callable[..., None]:
-    compiled = torch.compile(kernel, fullgraph=True, dynamic=False, backend=owner.backend)
+    # dynamic=None: the first bucket size is compiled static; a second size recompiles once
+    # with a symbolic size that serves every size after it (param groups, rebuilt layouts).
+    compiled = torch.compile(kernel, fullgraph=True, dynamic=None, backend=owner.backend)
 
     def run(*args: Any) -> None:
         if owner.compile_failed:
