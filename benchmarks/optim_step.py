@@ -5,7 +5,8 @@ write the parameters and state once. Its floor is the time ``a += b`` takes to m
 (two words read, one written back), timed alongside. Every variant is timed side by side in
 one process, the variants taking turns step by step, with ``lr`` changed on every timed step
 (a compiled variant that recompiled on it would show here); the first step of compiled
-variants is reported apart.
+variants is reported apart. ravine runs with ``nonfinite="ignore"``, as torch.optim does,
+except in the "NaN?" row: ravine's default, which refuses a step with NaN/Inf gradients.
 
     python benchmarks/optim_step.py                      # CPU: 10M parameters in 200 tensors
     python benchmarks/optim_step.py --device cuda --params 200e6 --tensors 400
@@ -121,6 +122,8 @@ def variants(name: str, args) -> list[tuple[str, callable]]:
             lambda ps: ravine_cls(ps, **hyper, nonfinite="ignore", engine="flat", compile=False),
         ),
         ("ravine flat", lambda ps: ravine_cls(ps, **hyper, nonfinite="ignore", engine="flat")),
+        # ravine's default refuses a step with NaN/Inf gradients: one more read of them.
+        ("ravine flat, NaN?", lambda ps: ravine_cls(ps, **hyper, engine="flat")),
     ]
     return out
 

@@ -169,6 +169,27 @@ def _assert_unchanged(params, opt, before_params, before_state):
             assert torch.equal(state[i][k].to(v.device), v), (i, k)
 
 
+def test_finite_flags_agree_with_isfinite_everywhere():
+    from ravine.optim._math import finite_flags
+
+    g = torch.Generator().manual_seed(0)
+    tensors, expected = [], []
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        for bad in (None, float("nan"), float("inf"), float("-inf")):
+            for position in (0, 17, 1000):  # the head, inside a vector lane, the tail
+                t = torch.randn(1001, generator=g).to(dtype)
+                if bad is not None:
+                    t[position] = bad
+                tensors.append(t)
+                expected.append(bool(torch.isfinite(t).all()))
+    # Finite extremes that a narrower type would overflow, a 0-dim and an empty tensor.
+    tensors += [torch.tensor([1e300, -1e300], dtype=torch.float64), torch.tensor(3.0)]
+    tensors += [torch.zeros(0), torch.tensor([float("nan"), float("nan")])]
+    expected += [True, True, True, False]
+    assert finite_flags(tensors).tolist() == expected
+    assert finite_flags(tensors).dtype == torch.bool
+
+
 @pytest.mark.parametrize("name", list(ro.OPTIMIZERS))
 @pytest.mark.parametrize("guarded", [False, True], ids=["host-branch", "sync-free"])
 def test_nonfinite_skip_leaves_parameters_and_state_unchanged(name, guarded):
