@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--optimizer", default="adam")
+    parser.add_argument("--engine", default="simple", help="the optimizer engine: simple, flat")
     parser.add_argument("--model", default="digits_mlp", help="a ravine.problems preset")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the min counts")
@@ -109,13 +110,15 @@ def main() -> None:
         dataset="digits",
         model=args.model,
         optimizer=args.optimizer,
+        optimizer_args={"engine": args.engine},
         epochs=args.epochs,
         batch_size=args.batch_size,
     )
     splits = prepare_data(base)
     per_epoch, _ = total_steps(base, len(splits.x_train))
     print(
-        f"{args.model} on digits ({len(splits.x_train)} train), {args.optimizer}, "
+        f"{args.model} on digits ({len(splits.x_train)} train), {args.optimizer} "
+        f"({args.engine} engine), "
         f"{args.epochs} epochs x {per_epoch} updates, batch {args.batch_size}, "
         f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"min of {args.repeats}"

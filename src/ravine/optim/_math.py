@@ -18,11 +18,9 @@ def first_moment(average: Tensor, value: Tensor, one_minus_beta: float | Tensor)
     return torch.lerp(average, value, one_minus_beta)
 
 
-def second_moment(
-    average: Tensor, value: Tensor, beta: float | Tensor, one_minus_beta: float | Tensor
-) -> Tensor:
-    """``beta * average + (1 - beta) * value**2``."""
-    return average * beta + one_minus_beta * value * value
+def second_moment(average: Tensor, value: Tensor, one_minus_beta: float | Tensor) -> Tensor:
+    """``beta * average + (1 - beta) * value**2``, as one ``lerp`` towards ``value**2``."""
+    return torch.lerp(average, value * value, one_minus_beta)
 
 
 def bias_correction(beta: float, step: float | Tensor) -> float | Tensor:
