@@ -320,6 +320,7 @@ def test_parse_optimizer_spec():
         ("sgd:beta1=0.9", "no betas"),
         ("adam:lr=fast", "must be a number"),
         ("lion:lr=1", "unknown optimizer 'lion'"),
+        ("adam:betas=0.9,beta2=0.99", "as beta1=...,beta2=..."),
     ],
 )
 def test_parse_optimizer_spec_errors(spec, message):

@@ -54,6 +54,39 @@ def test_tracker_runs_inside_the_training_loop(tmp_path):
     assert all(r.top >= r.bottom for r in tracker.records)
 
 
+def test_a_resumed_run_keeps_the_records_from_before_the_interruption(tmp_path):
+    from ravine.probe.gradients import GradientHealthCallback
+
+    data = load_dataset("digits")
+    batch = (data.x_train[:64], data.y_train[:64])
+    config = TrainConfig(epochs=2, batch_size=256, standardize=False)
+
+    def instruments():
+        tracker = CurvatureTracker(torch.nn.functional.cross_entropy, batch, every=3)
+        return tracker, GradientHealthCallback(every=2)
+
+    whole = instruments()
+    train(config, tmp_path / "whole", callbacks=whole)
+    killed = instruments()
+    partial = train(config, tmp_path / "part", callbacks=killed, stop_after_epoch=1)
+    resumed = instruments()  # a new process: fresh instruments, the checkpoint on disk
+    result = train(config, tmp_path / "part", callbacks=resumed)
+    assert result.resumed_from_epoch == 1 and partial.steps < result.steps
+
+    assert [r.step for r in resumed[0].records] == [r.step for r in whole[0].records]
+    assert len(whole[0].records) > len(killed[0].records) > 0
+    for a, b in zip(resumed[0].records, whole[0].records, strict=True):
+        assert a.loss == pytest.approx(b.loss, rel=1e-5)
+    steps = [r.step for r in resumed[1].monitor.history]
+    assert (
+        steps == [r.step for r in whole[1].monitor.history] == list(range(2, result.steps + 1, 2))
+    )
+    first, again = whole[1].monitor.history[0], resumed[1].monitor.history[0]
+    assert first.layers.keys() == again.layers.keys()
+    for name, stats in first.layers.items():
+        assert again.layers[name].grad_norm == pytest.approx(stats.grad_norm, rel=1e-6)
+
+
 def test_every_must_be_positive():
     with pytest.raises(ValueError, match="every must be a positive integer, got 0"):
         CurvatureTracker(

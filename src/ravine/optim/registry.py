@@ -72,6 +72,10 @@ def parse_optimizer_spec(spec: str) -> tuple[str, dict[str, Any]]:
         key = key.strip()
         if not eq or not key:
             raise ValueError(f"optimizer option {item!r} in {spec!r} is not key=value")
+        if key == "betas":  # "betas=0.9,0.99" would already have been split at the comma
+            raise ValueError(
+                f"set betas in {spec!r} as beta1=...,beta2=... (commas separate options)"
+            )
         value = _parse_value(raw.strip(), key)
         if key in ("beta1", "beta2"):
             betas[int(key[-1]) - 1] = value

@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -587,3 +588,23 @@ class GradientHealthCallback:
 
     def findings(self) -> list[Finding]:
         return diagnose(self.monitor) if self.monitor is not None and self.monitor.history else []
+
+    # The training loop checkpoints these, so a resumed run keeps the history from before.
+    def state_dict(self) -> dict[str, Any]:
+        history = self.monitor.history if self.monitor is not None else []
+        return {
+            "history": [
+                {"step": r.step, "layers": {k: asdict(v) for k, v in r.layers.items()}}
+                for r in history
+            ]
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.monitor is None:
+            raise RuntimeError("attach() the callback to a model before loading its state")
+        self.monitor.history = [
+            GradientRecord(
+                step=r["step"], layers={k: LayerStats(**v) for k, v in r["layers"].items()}
+            )
+            for r in state["history"]
+        ]

@@ -100,3 +100,10 @@ class CurvatureTracker:
 
     def to_records(self) -> list[dict[str, Any]]:
         return [asdict(r) for r in self.records]
+
+    # The training loop checkpoints these, so a resumed run keeps what it recorded before.
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": self.to_records()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.records = [CurvatureRecord(**r) for r in state["records"]]

@@ -199,7 +199,9 @@ def train(
     time-boxed sessions) as if it had been killed after that epoch's checkpoint.
     ``callbacks`` are called as ``callback(model, step)`` after every update (instruments such
     as :class:`ravine.probe.CurvatureTracker` hook in here); one with an ``attach(model,
-    optimizer)`` method gets it called once, before the first update.
+    optimizer)`` method gets it called once, before the first update, and one with
+    ``state_dict()`` / ``load_state_dict()`` is checkpointed with the run and restored when it
+    resumes (so a resumed run's records cover the whole run).
     """
     if config.restarts > 1:
         raise ConfigError("train() runs one network; restarts > 1 go to train_restarts()")
@@ -259,6 +261,7 @@ def train(
         torch.set_rng_state(state["torch_rng"])
         history, step_log, snapshots = state["history"], state["steps"], state["snapshots"]
         best = state["best"]
+        _load_callback_states(callbacks, state.get("callbacks", {}))
         start_epoch = resumed_from = state["epoch"]
         step = state["step"]
         # A run that had stopped early stays stopped (its checkpoint is its last epoch).
@@ -345,6 +348,7 @@ def train(
                     "steps": step_log,
                     "snapshots": snapshots,
                     "best": best,
+                    "callbacks": _callback_states(callbacks),
                 },
                 checkpoint_path,
             )
@@ -370,6 +374,32 @@ def train(
         ensemble = _snapshot_ensemble(model, snapshots, to_input(splits.x_test), splits, loss_fn)
     _write_final(out, config, model, splits, history, step_log, final, ensemble)
     return TrainResult(out, model, history, final, ensemble, step, resumed_from)
+
+
+def _callback_keys(callbacks: Sequence[Any]) -> list[str]:
+    # By class name (numbered when repeated): a resumed run may add or drop instruments.
+    counts: dict[str, int] = {}
+    keys = []
+    for callback in callbacks:
+        name = type(callback).__name__
+        counts[name] = counts.get(name, 0) + 1
+        keys.append(name if counts[name] == 1 else f"{name}#{counts[name]}")
+    return keys
+
+
+def _callback_states(callbacks: Sequence[Any]) -> dict[str, Any]:
+    """What callbacks with a ``state_dict()`` have gathered so far, for the checkpoint."""
+    return {
+        key: callback.state_dict()
+        for key, callback in zip(_callback_keys(callbacks), callbacks, strict=True)
+        if hasattr(callback, "state_dict")
+    }
+
+
+def _load_callback_states(callbacks: Sequence[Any], states: dict[str, Any]) -> None:
+    for key, callback in zip(_callback_keys(callbacks), callbacks, strict=True):
+        if key in states and hasattr(callback, "load_state_dict"):
+            callback.load_state_dict(states[key])
 
 
 def _save_weights(out: Path, model: nn.Module, epoch: int) -> None:
