@@ -196,6 +196,41 @@ def test_compiled_flat_engine_matches_and_does_not_recompile_when_lr_changes():
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # inductor compiles a C++ kernel per optimizer (~5 s each, cold)
+@pytest.mark.parametrize("name", list(ro.OPTIMIZERS))
+def test_inductor_compiled_kernels_equal_the_simple_engine(name):
+    # What users run: the kernels inductor generates, not the traced graph run eagerly.
+    simple, flat = _model(5), _model(5)
+    opt_simple = ro.make_optimizer(name, _groups(simple), **HYPER)
+    opt_flat = ro.make_optimizer(name, _groups(flat), **HYPER, engine="flat")
+    _run(opt_simple, simple, 20)
+    _run(opt_flat, flat, 20)
+    assert opt_flat._kernels.compiling, "torch.compile failed; the flat engine ran eagerly"
+    for a, b in zip(simple, flat, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_sync_free_step_refuses_nonfinite_gradients():
+    params = _model(6)
+    opt = ro.Adam(params, lr=0.01, nonfinite="skip", engine="flat")
+    opt._force_guarded = True  # the accelerator's path: commit through torch.where
+    _run(opt, params, 2)
+    before = [p.detach().clone() for p in params]
+    state_before = copy.deepcopy(opt.state_dict()["state"])
+    opt.zero_grad()
+    _loss(params, 9).backward()
+    params[0].grad[1, 1] = float("nan")
+    opt.step()
+    assert opt._kernels.compiling and opt.skipped_steps == 1
+    for p, b in zip(params, before, strict=True):
+        assert torch.equal(p.detach(), b)
+    state = opt.state_dict()["state"]
+    for index, values in state_before.items():
+        for key, value in values.items():
+            assert torch.equal(torch.as_tensor(state[index][key]).to(value), value), key
+
+
 def test_every_structure_compiles_past_dynamos_recompile_limit():
     # Dynamo gives up on a code object after 8 variants; a sweep over optimizer settings in
     # one process must not fall back to eager from the ninth configuration on.

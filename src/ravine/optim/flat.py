@@ -286,12 +286,22 @@ def _compiled(kernel: Callable[..., None], owner: FusedKernels) -> Callable[...,
     # dynamic=None: the first bucket size is compiled static; a second size recompiles once
     # with a symbolic size that serves every size after it (param groups, rebuilt layouts).
     compiled = torch.compile(kernel, fullgraph=True, dynamic=None, backend=owner.backend)
+    warm = False
 
     def run(*args: Any) -> None:
+        nonlocal warm
         if owner.compile_failed:
             return kernel(*args)
         try:
-            return compiled(*args)
+            if warm:
+                return compiled(*args)
+            with warnings.catch_warnings():
+                # The compiler stack imports deprecated parts of torch on first use: a
+                # warnings-as-errors setting must not turn that into a failed compile.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                result = compiled(*args)
+            warm = True
+            return result
         except Exception as error:  # no C++ toolchain, unsupported backend, ...
             owner.compile_failed = True
             warnings.warn(
