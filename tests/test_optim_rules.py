@@ -169,6 +169,24 @@ def _assert_unchanged(params, opt, before_params, before_state):
             assert torch.equal(state[i][k].to(v.device), v), (i, k)
 
 
+@pytest.mark.parametrize("name", ["adam", "rmsprop", "nadam"])
+@pytest.mark.parametrize("engine", ["simple", "flat"])
+def test_float16_gradients_above_256_do_not_overflow_the_second_moment(name, engine):
+    # 300**2 overflows float16; (1 - beta2) * 300 * 300 does not.
+    half = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
+    full = torch.nn.Parameter(torch.ones(3))
+    options = {"engine": engine, "compile": False}
+    opt_half = ro.make_optimizer(name, [half], lr=1e-3, **options)
+    opt_full = ro.make_optimizer(name, [full], lr=1e-3, **options)
+    for step in range(3):
+        grad = torch.tensor([300.0, 1000.0, 1.0]) if step == 0 else torch.full((3,), 0.1)
+        half.grad, full.grad = grad.to(torch.float16), grad
+        opt_half.step()
+        opt_full.step()
+    assert torch.isfinite(half).all()
+    torch.testing.assert_close(half.float(), full.detach(), rtol=2e-3, atol=2e-3)
+
+
 def test_finite_flags_agree_with_isfinite_everywhere():
     from ravine.optim._math import finite_flags
 

@@ -231,3 +231,20 @@ def test_a_run_that_stopped_early_stays_stopped_when_resumed(tmp_path):
     again = train(config, tmp_path)
     assert again.steps == first.steps
     _assert_same_params(_params(first), _params(again))
+
+
+class _Opaque:  # pickles, but weights_only loading refuses it
+    pass
+
+
+class _UnsafeStateCallback:
+    def __call__(self, model, step):
+        pass
+
+    def state_dict(self):
+        return {"seen": _Opaque()}
+
+
+def test_a_callback_state_that_would_make_the_checkpoint_unreadable_is_refused(tmp_path):
+    with pytest.raises(TypeError, match="callback _UnsafeStateCallback: state_dict"):
+        train(TrainConfig(**FAST), tmp_path, callbacks=[_UnsafeStateCallback()])

@@ -18,9 +18,15 @@ def first_moment(average: Tensor, value: Tensor, one_minus_beta: float | Tensor)
     return torch.lerp(average, value, one_minus_beta)
 
 
-def second_moment(average: Tensor, value: Tensor, one_minus_beta: float | Tensor) -> Tensor:
-    """``beta * average + (1 - beta) * value**2``, as one ``lerp`` towards ``value**2``."""
-    return torch.lerp(average, value * value, one_minus_beta)
+def second_moment(
+    average: Tensor, value: Tensor, beta: float | Tensor, one_minus_beta: float | Tensor
+) -> Tensor:
+    """``beta * average + (1 - beta) * value**2``, as ``addcmul`` like torch.optim.
+
+    ``(1 - beta) * value`` is formed before the second factor: ``value**2`` itself overflows
+    float16 from ``|value| > 256``, and a stored infinity then turns into NaN.
+    """
+    return torch.addcmul(average * beta, value * one_minus_beta, value)
 
 
 def bias_correction(beta: float, step: float | Tensor) -> float | Tensor:
@@ -60,18 +66,15 @@ def finite_flags(tensors: Sequence[Tensor]) -> Tensor:
     if not tensors:
         return torch.ones(0, dtype=torch.bool)
     device = tensors[0].device
-    wide = torch.float32  # holds every bf16/fp16/fp32 value exactly; float64 stays float64
-    for t in tensors:
-        wide = torch.promote_types(wide, t.dtype)
-    extremes = torch.stack(
-        [
-            torch.stack(torch.aminmax(t)).to(device, wide)
-            if t.numel()
-            else torch.zeros(2, device=device, dtype=wide)
-            for t in tensors
-        ]
-    )  # (n, 2): min and max of each tensor
-    return torch.isfinite(extremes).all(dim=1)
+    flags = [
+        # Checked on the tensor's own device and in its own dtype, then gathered: no cast that
+        # could overflow a finite float64 extreme, no float64 on a device without it.
+        torch.isfinite(torch.stack(torch.aminmax(t))).to(device)
+        if t.numel()
+        else torch.ones(2, dtype=torch.bool, device=device)
+        for t in tensors
+    ]
+    return torch.stack(flags).all(dim=1)  # (n, 2): min and max of each tensor finite
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

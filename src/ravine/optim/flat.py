@@ -263,12 +263,13 @@ class FusedKernels:
         return kernel
 
 
-# Dynamo keeps its compiled graphs per code object and gives up on one after
-# ``recompile_limit`` (8) variants. Every structure would be a variant of the one ``update``
-# inside ``fused_update``: a ninth optimizer configuration in a process (a sweep, a study)
-# would silently run eagerly. So each structure gets its own copy of the code object, shared
-# by every optimizer with that structure (their stages may differ only in what dynamo's
-# guards check, so sharing is safe and later optimizers start without compiling).
+# Dynamo keeps its compiled graphs per code object and refuses an 8th recompilation of one
+# (``recompile_limit``). Were every structure a variant of the one ``update`` inside
+# ``fused_update``, the ninth optimizer configuration in a process (a sweep, a study) would
+# fail to compile and run eagerly. So each structure gets its own copy of the code object,
+# shared by every optimizer with that structure: dynamo's guards tell apart what differs
+# between their stages (a custom stage's attributes), and optimizers whose stages pass the
+# same guards start without compiling. The copies live as long as the process.
 _CODE_BY_STRUCTURE: dict[tuple, types.CodeType] = {}
 
 

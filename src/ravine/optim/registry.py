@@ -72,7 +72,8 @@ def parse_optimizer_spec(spec: str) -> tuple[str, dict[str, Any]]:
         key = key.strip()
         if not eq or not key:
             raise ValueError(f"optimizer option {item!r} in {spec!r} is not key=value")
-        if key == "betas":  # "betas=0.9,0.99" would already have been split at the comma
+        if key == "betas" and "betas" in hyperparameter_names(name):
+            # "betas=0.9,0.99" has already been split at the comma
             raise ValueError(
                 f"set betas in {spec!r} as beta1=...,beta2=... (commas separate options)"
             )
@@ -86,7 +87,7 @@ def parse_optimizer_spec(spec: str) -> tuple[str, dict[str, Any]]:
         default = inspect.signature(cls.__init__).parameters.get("betas")
         if default is None:
             raise ValueError(f"optimizer {name!r} has no betas; beta1/beta2 do not apply")
-        current = list(kwargs.get("betas", default.default))
+        current = list(default.default)
         for i, v in betas.items():
             current[i] = v
         kwargs["betas"] = tuple(current)

@@ -206,14 +206,18 @@ class ScaleByRMS(Transform):
         return state
 
     def coefficients(self, group, step, state):
+        alpha = group["alpha"]
         return {
-            "one_minus_alpha": 1 - group["alpha"],
+            "alpha": alpha,
+            "one_minus_alpha": 1 - alpha,
             "eps": group["eps"],
             "momentum": group["momentum"],
         }, {}
 
     def apply(self, u, param, state, c, flags):
-        new = {"square_avg": second_moment(state["square_avg"], u, c["one_minus_alpha"])}
+        new = {
+            "square_avg": second_moment(state["square_avg"], u, c["alpha"], c["one_minus_alpha"])
+        }
         if flags["centered"]:
             grad_avg = _state(state, "grad_avg", param)
             new["grad_avg"] = first_moment(grad_avg, u, c["one_minus_alpha"])
@@ -258,6 +262,7 @@ class ScaleByAdam(Transform):
         beta1, beta2 = group["betas"]
         return {
             "one_minus_beta1": 1 - beta1,
+            "beta2": beta2,
             "one_minus_beta2": 1 - beta2,
             "inv_bias_correction1": 1 / bias_correction(beta1, step),
             "inv_sqrt_bias_correction2": 1 / bias_correction(beta2, step) ** 0.5,
@@ -267,7 +272,7 @@ class ScaleByAdam(Transform):
     def apply(self, u, param, state, c, flags):
         new = {
             "exp_avg": first_moment(state["exp_avg"], u, c["one_minus_beta1"]),
-            "exp_avg_sq": second_moment(state["exp_avg_sq"], u, c["one_minus_beta2"]),
+            "exp_avg_sq": second_moment(state["exp_avg_sq"], u, c["beta2"], c["one_minus_beta2"]),
         }
         second = new["exp_avg_sq"]
         if flags["amsgrad"]:
@@ -318,6 +323,7 @@ class ScaleByNAdam(Transform):
         mu_product = state["mu_product"] * mu
         coefficients = {
             "one_minus_beta1": 1 - beta1,
+            "beta2": beta2,
             "one_minus_beta2": 1 - beta2,
             "inv_sqrt_bias_correction2": 1 / bias_correction(beta2, step) ** 0.5,
             "eps": group["eps"],
@@ -329,7 +335,7 @@ class ScaleByNAdam(Transform):
     def apply(self, u, param, state, c, flags):
         new = {
             "exp_avg": first_moment(state["exp_avg"], u, c["one_minus_beta1"]),
-            "exp_avg_sq": second_moment(state["exp_avg_sq"], u, c["one_minus_beta2"]),
+            "exp_avg_sq": second_moment(state["exp_avg_sq"], u, c["beta2"], c["one_minus_beta2"]),
         }
         denom = new["exp_avg_sq"].sqrt() * c["inv_sqrt_bias_correction2"] + c["eps"]
         return (u * c["current"] + new["exp_avg"] * c["ahead"]) / denom, new

@@ -388,12 +388,30 @@ def _callback_keys(callbacks: Sequence[Any]) -> list[str]:
 
 
 def _callback_states(callbacks: Sequence[Any]) -> dict[str, Any]:
-    """What callbacks with a ``state_dict()`` have gathered so far, for the checkpoint."""
-    return {
-        key: callback.state_dict()
-        for key, callback in zip(_callback_keys(callbacks), callbacks, strict=True)
-        if hasattr(callback, "state_dict")
-    }
+    """What callbacks with a ``state_dict()`` have gathered so far, for the checkpoint.
+
+    Each state must load back with ``torch.load(weights_only=True)`` (tensors, numbers,
+    strings, lists, dicts): anything else would make the whole checkpoint unreadable at
+    resume, model and optimizer included, so it is refused here, while the run can still
+    be fixed.
+    """
+    states = {}
+    for key, callback in zip(_callback_keys(callbacks), callbacks, strict=True):
+        if not hasattr(callback, "state_dict"):
+            continue
+        state = callback.state_dict()
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        buffer.seek(0)
+        try:
+            torch.load(buffer, weights_only=True)
+        except Exception as error:
+            raise TypeError(
+                f"callback {key}: state_dict() holds something a checkpoint cannot load back "
+                f"safely (use tensors, numbers, strings, lists and dicts): {error}"
+            ) from None
+        states[key] = state
+    return states
 
 
 def _load_callback_states(callbacks: Sequence[Any], states: dict[str, Any]) -> None:
