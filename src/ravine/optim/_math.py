@@ -21,12 +21,15 @@ def first_moment(average: Tensor, value: Tensor, one_minus_beta: float | Tensor)
 def second_moment(
     average: Tensor, value: Tensor, beta: float | Tensor, one_minus_beta: float | Tensor
 ) -> Tensor:
-    """``beta * average + (1 - beta) * value**2``, as ``addcmul`` like torch.optim.
+    """``beta * average + (1 - beta) * value**2``.
 
-    ``(1 - beta) * value`` is formed before the second factor: ``value**2`` itself overflows
-    float16 from ``|value| > 256``, and a stored infinity then turns into NaN.
+    One ``lerp`` towards ``value**2`` (two passes, not four). In float16 ``value**2``
+    overflows from ``|value| > 256`` and a stored infinity later turns into NaN, so there
+    ``(1 - beta) * value`` is formed before the second factor, as torch.optim's ``addcmul``.
     """
-    return torch.addcmul(average * beta, value * one_minus_beta, value)
+    if value.dtype == torch.float16:
+        return torch.addcmul(average * beta, value * one_minus_beta, value)
+    return torch.lerp(average, value * value, one_minus_beta)
 
 
 def bias_correction(beta: float, step: float | Tensor) -> float | Tensor:
