@@ -241,3 +241,29 @@ def test_lr_changed_between_steps_is_used_like_torch():
             sched.step()
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=RTOL, atol=1e-12)
+
+
+def _scaled_run(make, steps=10, poisoned_step=4):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt = make(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    g = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        loss = model(torch.randn(16, 5, generator=g)).pow(2).mean()
+        if step == poisoned_step:
+            loss = loss * float("inf")  # the scaler must skip this step and halve its scale
+        opt.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return [p.detach() for p in model.parameters()], scaler.get_scale()
+
+
+@pytest.mark.parametrize("engine", ["simple", "flat"])
+def test_grad_scaler_unscales_and_skips_as_with_torch_optim(engine):
+    expected, expected_scale = _scaled_run(lambda ps: torch.optim.Adam(ps, lr=1e-2))
+    got, scale = _scaled_run(lambda ps: ro.Adam(ps, lr=1e-2, engine=engine, compile=False))
+    assert scale == expected_scale == 2.0**9
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
