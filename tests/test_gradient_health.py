@@ -3,6 +3,7 @@ statistics on constructed inputs, hook removal, and the plots."""
 
 import dataclasses
 import doctest
+import io
 import math
 
 import matplotlib.image
@@ -304,3 +305,36 @@ def test_plots_write_valid_pngs(tmp_path, digits):
 
 def test_module_doctests():
     assert doctest.testmod(gradients, raise_on_error=False).failed == 0
+
+
+def test_gradient_health_state_round_trips_exactly_through_a_checkpoint():
+    from ravine.probe.gradients import GradientHealthCallback, GradientRecord, LayerStats
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    health = GradientHealthCallback()
+    health.attach(model, optimizer)
+    full = LayerStats(1.5, 2.0, 0.1, 0.05, "ReLU", 0.3, 0.7, 0.25, None)
+    diverged = LayerStats(math.nan, math.inf, None, None, None, None, None, None, None)
+    health.monitor.history = [
+        GradientRecord(step=1, layers={"0": full, "2": diverged}),
+        GradientRecord(step=2, layers={"0": diverged}),  # a layer missing from a record
+    ]
+    health.state_dict()  # an earlier checkpoint: the next one converts only what is new
+    health.monitor.history.append(GradientRecord(step=3, layers={"2": full}))
+    buffer = io.BytesIO()
+    torch.save(health.state_dict(), buffer)
+    buffer.seek(0)
+    again = GradientHealthCallback()
+    again.attach(model, optimizer)
+    again.load_state_dict(torch.load(buffer, weights_only=True))
+    assert [r.step for r in again.monitor.history] == [1, 2, 3]
+    assert list(again.monitor.history[1].layers) == ["0"]
+    for before, after in zip(health.monitor.history, again.monitor.history, strict=True):
+        for name, stats in before.layers.items():
+            for field, value in vars(stats).items():
+                restored = getattr(after.layers[name], field)
+                if isinstance(value, float) and math.isnan(value):
+                    assert math.isnan(restored)  # NaN stays NaN, not None
+                else:
+                    assert restored == value, (name, field)

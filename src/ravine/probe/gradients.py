@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -578,6 +578,8 @@ class GradientHealthCallback:
             raise ValueError(f"every must be a positive integer, got {every!r}")
         self.every = every
         self.monitor: GradientMonitor | None = None
+        # (records converted, the last of them, their columns, activation names): see state_dict
+        self._converted: tuple[int, Any, dict[str, Tensor] | None, list[str]] = (0, None, None, [])
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         self.monitor = GradientMonitor(model, optimizer)
@@ -590,21 +592,76 @@ class GradientHealthCallback:
         return diagnose(self.monitor) if self.monitor is not None and self.monitor.history else []
 
     # The training loop checkpoints these, so a resumed run keeps the history from before.
+    # Column-wise, as tensors, converted incrementally: a record per update over a long run is
+    # hundreds of thousands of numbers, and a checkpoint every epoch must not redo them all.
     def state_dict(self) -> dict[str, Any]:
         history = self.monitor.history if self.monitor is not None else []
-        return {
-            "history": [
-                {"step": r.step, "layers": {k: asdict(v) for k, v in r.layers.items()}}
-                for r in history
-            ]
-        }
+        layers = list(self.monitor.layers) if self.monitor is not None else []
+        done, last, columns, names = self._converted
+        if done > len(history) or (done and history[done - 1] is not last):
+            done, columns, names = 0, None, []  # the history was replaced: start over
+        chunk = _history_columns(history[done:], layers, names)
+        if columns is not None:
+            chunk = {k: torch.cat([columns[k], v]) for k, v in chunk.items()}
+        self._converted = (len(history), history[-1] if history else None, chunk, names)
+        return {"layers": layers, "activation_names": list(names), "columns": chunk}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.monitor is None:
             raise RuntimeError("attach() the callback to a model before loading its state")
-        self.monitor.history = [
-            GradientRecord(
-                step=r["step"], layers={k: LayerStats(**v) for k, v in r["layers"].items()}
-            )
-            for r in state["history"]
-        ]
+        names, layers = state["activation_names"], state["layers"]
+        columns = {k: v.tolist() for k, v in state["columns"].items()}
+        present = columns["present"]
+        history = []
+        for i, step in enumerate(columns["step"]):
+            stats = {}
+            for j, layer in enumerate(layers):
+                if not present[i][j]:
+                    continue
+                values = {
+                    f: None if columns[f"{f}_none"][i][j] else columns[f][i][j]
+                    for f in _NUMERIC_FIELDS
+                }
+                activation = columns["activation"][i][j]
+                values["activation"] = names[activation] if activation >= 0 else None
+                stats[layer] = LayerStats(**values)
+            history.append(GradientRecord(step=step, layers=stats))
+        self.monitor.history = history
+
+
+_NUMERIC_FIELDS = tuple(f.name for f in fields(LayerStats) if f.name != "activation")
+
+
+def _history_columns(
+    records: Sequence[GradientRecord], layers: list[str], names: list[str]
+) -> dict[str, Tensor]:
+    """``records`` as tensors of shape ``(records, layers)`` (``step``: ``(records,)``).
+
+    ``names`` is the activation vocabulary, extended in place; ``activation`` holds indices
+    into it (-1: None). Each numeric field comes with a ``<field>_none`` mask, so that None
+    and NaN (a diverged run) both survive.
+    """
+    shape = (len(records), len(layers))
+    stats = [[r.layers.get(k) for k in layers] for r in records]
+    columns = {
+        "step": torch.tensor([r.step for r in records], dtype=torch.int64),
+        "present": torch.tensor([[x is not None for x in row] for row in stats]).reshape(shape),
+    }
+    for field in _NUMERIC_FIELDS:
+        values = [[getattr(x, field, None) for x in row] for row in stats]
+        columns[field] = torch.tensor(
+            [[0.0 if v is None else v for v in row] for row in values], dtype=torch.float64
+        ).reshape(shape)
+        columns[f"{field}_none"] = torch.tensor(
+            [[v is None for v in row] for row in values], dtype=torch.bool
+        ).reshape(shape)
+    for row in stats:
+        for x in row:
+            if x is not None and x.activation is not None and x.activation not in names:
+                names.append(x.activation)
+    code = {name: i for i, name in enumerate(names)}
+    columns["activation"] = torch.tensor(
+        [[code.get(getattr(x, "activation", None), -1) for x in row] for row in stats],
+        dtype=torch.int64,
+    ).reshape(shape)
+    return columns
