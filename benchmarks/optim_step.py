@@ -74,7 +74,11 @@ def time_interleaved(optimizers: dict, steps: int, device: str) -> dict[str, tup
         for name in names[i % len(names) :] + names[: i % len(names)]:
             opt = optimizers[name]
             for group in opt.param_groups:
-                group["lr"] = 1e-3 * (1 + 0.01 * i)  # a schedule would do this
+                lr = 1e-3 * (1 + 0.01 * i)  # a schedule would do this
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(lr)  # (a compiled torch step reads lr as a tensor)
+                else:
+                    group["lr"] = lr
             sync(device)
             start = time.perf_counter()
             opt.step()
@@ -114,7 +118,10 @@ def variants(name: str, args) -> list[tuple[str, callable]]:
     if fused_ok and not (name == "adagrad" and args.device != "cpu"):
         out.append(("torch fused", lambda ps: torch_cls(ps, **hyper, fused=True)))
     if args.torch_compile:
-        out.append(("torch compile", lambda ps: _compiled_torch(torch_cls(ps, **hyper))))
+        # lr as a tensor, as torch advises for compiled steps: a float lr recompiles whenever
+        # it changes, and after dynamo's limit the step runs eagerly.
+        tensor_lr = {**hyper, "lr": torch.tensor(hyper["lr"])}
+        out.append(("torch compile", lambda ps: _compiled_torch(torch_cls(ps, **tensor_lr))))
     out += [
         ("ravine simple", lambda ps: ravine_cls(ps, **hyper, nonfinite="ignore")),
         (
