@@ -414,7 +414,7 @@ def test_resume_ends_with_the_same_parameters(tmp_path):
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
-    with pytest.raises(ConfigError, match="another config"):
+    with pytest.raises(ConfigError, match="holds another"):
         train_restarts(dataclasses.replace(config, seed=9), tmp_path / "killed")
 
 

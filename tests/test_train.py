@@ -97,7 +97,7 @@ def test_resume_after_kill_9_ends_with_the_same_parameters(tmp_path):
 
 def test_resume_refuses_another_config(tmp_path):
     train(TrainConfig(**FAST), tmp_path, stop_after_epoch=1)
-    with pytest.raises(ConfigError, match="another config"):
+    with pytest.raises(ConfigError, match="holds another"):
         train(TrainConfig(**{**FAST, "epochs": 4}), tmp_path)
 
 

@@ -34,6 +34,13 @@ class UsageFailure(Exception):
     """Bad input found by a command; ``main`` prints it on one line and exits 2."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a run; ``main`` prints where its last checkpoint is and exits 130."""
+
+
+_COMMAND_LINE: list[str] = []  # what main() was called with: the resume command repeats it
+
+
 @app.callback()
 def _root() -> None:
     """Choose, compare, tune and debug how neural networks are optimized."""
@@ -72,6 +79,10 @@ def compare(
     image_format: Annotated[
         str, typer.Option("--format", help="Figure format: png or svg.")
     ] = "png",
+    replace: Annotated[
+        bool,
+        typer.Option(help="Replace what the output folder holds (another comparison or run)."),
+    ] = False,
 ) -> None:
     """Race optimizers on analytic problems from shared random starts; rank them.
 
@@ -113,23 +124,24 @@ def compare(
     except (ValueError, TypeError) as error:
         raise UsageFailure(str(error)) from None
     out = out or Path("ravine-runs") / time.strftime("compare-%Y%m%d-%H%M%S")
-
-    console = Console()
-    total = len(config.optimizers) * len(config.problems) * config.steps
-    with Progress(
-        TextColumn("[bold]compare"),
-        BarColumn(),
-        TextColumn("{task.completed:,}/{task.total:,} updates"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
-        task = progress.add_task("compare", total=total)
-        result = run_compare(config, on_progress=lambda n: progress.advance(task, n))
-    for table in summary_tables(result):
-        console.print(table)
-        console.print()
-    written = write_compare_outputs(result, out, plots=plots, fmt=image_format)
+    with _claim(out, "compare", repr(config), replace=replace) as folder:
+        console = Console()
+        total = len(config.optimizers) * len(config.problems) * config.steps
+        with Progress(
+            TextColumn("[bold]compare"),
+            BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,} updates"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("compare", total=total)
+            result = run_compare(config, on_progress=lambda n: progress.advance(task, n))
+        for table in summary_tables(result):
+            console.print(table)
+            console.print()
+        written = write_compare_outputs(result, out, plots=plots, fmt=image_format)
+        folder.finish()
     console.print(f"wrote {len(written)} files to {out}/")
 
 
@@ -139,7 +151,11 @@ def train(
         Path | None, typer.Option("--config", "-c", help="TOML run config (see configs/).")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder. Default: ravine-runs/train-<date>-<time>.")
+        Path | None,
+        typer.Option(
+            help="Output folder. Default: ravine-runs/train-<dataset>-<model>-<optimizer>-"
+            "<config hash>, so the same command resumes the same run."
+        ),
     ] = None,
     dataset: Annotated[
         str | None, typer.Option(help="Built-in data set, e.g. digits, mnist1d.")
@@ -187,8 +203,14 @@ def train(
             "--gradient-health", help="Watch per-layer gradients over the run; flag problems."
         ),
     ] = False,
-    fresh: Annotated[
-        bool, typer.Option(help="Start over even if the output folder holds a checkpoint.")
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            "--fresh",
+            help="Replace the run the output folder holds (only once this run's config is "
+            "valid); without it, a folder holding another run is refused.",
+        ),
     ] = False,
 ) -> None:
     """Train a network; resume automatically from the output folder's checkpoint.
@@ -204,7 +226,6 @@ def train(
 
       ravine train --restarts 8 --epochs 3
     """
-    import time
 
     from ravine.train import ConfigError, load_config
 
@@ -243,20 +264,50 @@ def train(
         )
     except (ConfigError, ValueError) as error:
         raise UsageFailure(str(error)) from None
-    out = out or Path("ravine-runs") / time.strftime("train-%Y%m%d-%H%M%S")
-    if fresh:
-        from ravine.train.loop import CHECKPOINT
-        from ravine.train.restarts import CHECKPOINT as RESTARTS_CHECKPOINT
-
-        for name in (CHECKPOINT, RESTARTS_CHECKPOINT):
-            (out / name).unlink(missing_ok=True)
+    out = out or default_run_folder(run)
     if curvature_every < 0 or (curvature_every and run.restarts > 1):
         raise UsageFailure(
             f"--curvature-every must be >= 0 and needs restarts = 1, got {curvature_every}"
         )
     if gradient_health and run.restarts > 1:
         raise UsageFailure("--gradient-health needs restarts = 1")
-    _run_training(run, out, curvature_every, gradient_health)
+    _run_training(run, out, curvature_every, gradient_health, replace=replace)
+
+
+def _claim(out: Path, kind: str, config: str, *, replace: bool):
+    """Take ``out`` for a run of ``kind`` (see ravine.folders.RunFolder), or one line."""
+    from ravine.folders import FolderInUseError, FolderTakenError, RunFolder
+
+    try:
+        return RunFolder.claim(out, kind, config, replace=replace)
+    except (FolderTakenError, FolderInUseError, OSError) as error:
+        raise UsageFailure(str(error)) from None
+
+
+def default_run_folder(run) -> Path:
+    """``ravine-runs/train-<dataset>-<model>-<optimizer>-<hash of the config>``: the same
+    command trains into (and so resumes) the same folder; another config gets another."""
+    import hashlib
+
+    from ravine.train.config import dump_toml
+
+    digest = hashlib.sha256(dump_toml(run.to_toml_tables()).encode()).hexdigest()[:10]
+    name = f"train-{run.dataset}-{run.model}-{run.optimizer}-{digest}"
+    return Path("ravine-runs") / "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _interrupted_message(out: Path) -> str:
+    import shlex
+
+    if not any(out.glob("*checkpoint.pt")):
+        return f"interrupted before the first checkpoint; nothing of the run in {out} to keep"
+    argv = [a for a in _COMMAND_LINE if a not in ("--replace", "--fresh")]
+    if "--out" not in argv and not any(a.startswith("--out=") for a in argv):
+        argv += ["--out", str(out)]
+    return (
+        f"interrupted; the last checkpoint is in {out}/ and this resumes it: "
+        f"ravine {shlex.join(argv)}"
+    )
 
 
 def _parse_pairs(pairs: list[str]) -> dict:
@@ -271,10 +322,13 @@ def _parse_pairs(pairs: list[str]) -> dict:
     return parsed
 
 
-def _run_training(run, out: Path, curvature_every: int = 0, gradient_health: bool = False) -> None:
+def _run_training(
+    run, out: Path, curvature_every: int = 0, gradient_health: bool = False, *, replace=False
+) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ravine.folders import DamagedFileError, FolderInUseError
     from ravine.optim import NonFiniteGradientError
     from ravine.train import ConfigError, train
 
@@ -307,18 +361,22 @@ def _run_training(run, out: Path, curvature_every: int = 0, gradient_health: boo
             if run.restarts > 1:
                 from ravine.train import train_restarts
 
-                result = train_restarts(run, out, on_progress=on_progress)
+                result = train_restarts(run, out, on_progress=on_progress, replace=replace)
             else:
                 tracker = _curvature_tracker(run, curvature_every) if curvature_every else None
                 health = _gradient_health() if gradient_health else None
                 callbacks = [c for c in (tracker, health) if c is not None]
-                result = train(run, out, on_progress=on_progress, callbacks=callbacks)
+                result = train(
+                    run, out, on_progress=on_progress, callbacks=callbacks, replace=replace
+                )
                 if tracker is not None:
                     _write_curvature(tracker, out)
                 if health is not None:
                     _write_gradient_health(health, out, console)
-        except ConfigError as error:
+        except (ConfigError, DamagedFileError, FolderInUseError) as error:
             raise UsageFailure(str(error)) from None
+        except KeyboardInterrupt:
+            raise Interrupted(_interrupted_message(out)) from None
         except NonFiniteGradientError as error:
             console.print(f"training stopped: {error}")
             if any(out.glob("*checkpoint.pt")):
@@ -359,6 +417,7 @@ def probe(
         raise UsageFailure(f"--examples and --k must be >= 1, got {examples} and {k}")
     from rich.console import Console
 
+    from ravine.folders import DamagedFileError, FolderInUseError
     from ravine.report.probe import probe_run
     from ravine.train import ConfigError
 
@@ -366,7 +425,7 @@ def probe(
     try:
         with console.status("probing: gradients, Hessian eigenvalues, trace, density"):
             report = probe_run(run_dir, examples=examples, k=k)
-    except ConfigError as error:
+    except (ConfigError, DamagedFileError, FolderInUseError) as error:
         raise UsageFailure(str(error)) from None
     for line in report["lines"]:
         console.print(line)
@@ -400,6 +459,7 @@ def landscape(
         )
     from rich.console import Console
 
+    from ravine.folders import DamagedFileError, FolderInUseError
     from ravine.report.probe import landscape_run
     from ravine.train import ConfigError
 
@@ -407,7 +467,7 @@ def landscape(
     try:
         with console.status(f"landscape: {kind}"):
             written = landscape_run(run_dir, kind, resolution=resolution, examples=examples)
-    except ConfigError as error:
+    except (ConfigError, DamagedFileError, FolderInUseError) as error:
         raise UsageFailure(str(error)) from None
     console.print(f"wrote {', '.join(p.name for p in written)} to {run_dir}/")
 
@@ -431,8 +491,8 @@ def _gradient_health():
 def _write_gradient_health(health, out: Path, console) -> None:
     import json
 
+    from ravine.folders import atomic_write_text
     from ravine.report.gradients import plot_gradient_flow
-    from ravine.train.checkpoint import atomic_write_text
 
     findings = health.findings()
     records = [
@@ -451,8 +511,8 @@ def _write_gradient_health(health, out: Path, console) -> None:
 def _write_curvature(tracker, out: Path) -> None:
     import json
 
+    from ravine.folders import atomic_write_text
     from ravine.report.training import plot_curvature
-    from ravine.train.checkpoint import atomic_write_text
 
     lines = "".join(json.dumps(r) + "\n" for r in tracker.to_records())
     atomic_write_text(out / "curvature.jsonl", lines)
@@ -484,6 +544,7 @@ def _print_restarts(console, result) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app and turn every kind of bad input into one line and exit 2."""
+    _COMMAND_LINE[:] = sys.argv[1:] if argv is None else list(argv)
     try:
         code = app(args=argv, standalone_mode=False)
     except click_exceptions.NoArgsIsHelpError as shown:
@@ -496,6 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageFailure as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as stop:
+        print(stop, file=sys.stderr)
+        return 130
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         return 130

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ravine.train.checkpoint import atomic_write
+from ravine.folders import atomic_write, read_verified
 
 __all__ = [
     "PCA",
@@ -88,8 +89,7 @@ class Interpolation:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Interpolation:
-        with np.load(path) as data:
-            arrays = {k: data[k] for k in data.files}
+        arrays = _load_npz(path)
         loss, accuracy = _unflatten(arrays)
         return cls(alphas=arrays["alphas"], loss=loss, accuracy=accuracy)
 
@@ -128,8 +128,7 @@ class Surface:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Surface:
-        with np.load(path) as data:
-            arrays = {k: data[k] for k in data.files}
+        arrays = _load_npz(path)
         loss, accuracy = _unflatten(arrays)
         return cls(
             alphas=arrays["alphas"],
@@ -151,6 +150,12 @@ def _unflatten(arrays: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
     loss = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("loss/")}
     acc = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("accuracy/")}
     return loss, acc
+
+
+def _load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    # Checksum checked (a damaged file is refused by name), and no pickled objects.
+    with np.load(io.BytesIO(read_verified(path)), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
 
 
 def _save_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:

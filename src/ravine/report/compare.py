@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ravine.train.checkpoint import atomic_write, atomic_write_text
+from ravine.folders import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     from rich.table import Table

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ravine.folders import atomic_write
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -770,13 +772,9 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
         path, suffix = path.with_suffix(".png"), ".png"
     if suffix not in (".png", ".svg"):
         raise ValueError(f"path must end in .png or .svg, got {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     targets = [path] if suffix == ".png" else [path, path.with_suffix(".png")]
     for target in targets:
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
-            fig.savefig(tmp, format=target.suffix[1:].lower(), dpi=_DPI)
-            os.replace(tmp, target)  # atomic: a reader never sees half a file
-        finally:
-            tmp.unlink(missing_ok=True)
+        # A unique temporary per write (a fixed name let two writers collide), checksummed.
+        fmt = target.suffix[1:].lower()
+        atomic_write(target, lambda handle, fmt=fmt: fig.savefig(handle, format=fmt, dpi=_DPI))
     return path

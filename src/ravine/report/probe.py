@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ravine.folders import atomic_write_text, load_checkpoint, locked
 from ravine.probe import (
     GradientMonitor,
     bottom_eigenvalues,
@@ -24,7 +25,6 @@ from ravine.probe import (
     top_eigenvalues,
     trajectory,
 )
-from ravine.train.checkpoint import atomic_write_text, load_checkpoint
 from ravine.train.config import ConfigError
 from ravine.train.loop import loss_function
 from ravine.train.run import load_run
@@ -32,7 +32,16 @@ from ravine.train.run import load_run
 
 def probe_run(run_dir: str | Path, *, examples: int = 1000, k: int = 5) -> dict[str, Any]:
     """Gradient health and curvature of a run's trained network on ``examples`` training
-    examples; writes ``probe.json`` and two figures, returns the report."""
+    examples; writes ``probe.json`` and two figures, returns the report.
+
+    Holds the folder's lock throughout: a folder another process is writing is refused
+    (:class:`ravine.folders.FolderInUseError`) before any work is done.
+    """
+    with locked(_existing_folder(run_dir)):
+        return _probe_run(Path(run_dir), examples, k)
+
+
+def _probe_run(run_dir: Path, examples: int, k: int) -> dict[str, Any]:
     from ravine.report.gradients import plot_gradient_flow
 
     run = load_run(run_dir)
@@ -110,7 +119,13 @@ def probe_run(run_dir: str | Path, *, examples: int = 1000, k: int = 5) -> dict[
 def landscape_run(
     run_dir: str | Path, kind: str, *, resolution: int = 25, examples: int = 1000
 ) -> list[Path]:
-    """Write ``landscape-<kind>.npz`` and ``.png`` for a run; returns the paths."""
+    """Write ``landscape-<kind>.npz`` and ``.png`` for a run; returns the paths (the
+    folder's lock held throughout, as :func:`probe_run`)."""
+    with locked(_existing_folder(run_dir)):
+        return _landscape_run(Path(run_dir), kind, resolution, examples)
+
+
+def _landscape_run(run_dir: Path, kind: str, resolution: int, examples: int) -> list[Path]:
     from ravine.report.landscape import plot_interpolation, plot_surface, plot_trajectory
 
     run = load_run(run_dir)
@@ -142,6 +157,13 @@ def landscape_run(
         path.save(npz)
         plot_trajectory(path, png, title="training trajectory on its top-2 PCA axes")
     return [npz, png]
+
+
+def _existing_folder(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{path} is not a folder")
+    return path
 
 
 def _plot_density(density, top, bottom, path: Path) -> Path:

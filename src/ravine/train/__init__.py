@@ -1,6 +1,6 @@
 """Training networks: the loop, checkpoints and resume, restarts, snapshot ensembles."""
 
-from ravine.train.checkpoint import load_checkpoint, save_checkpoint
+from ravine.folders import load_checkpoint, save_checkpoint
 from ravine.train.config import ConfigError, TrainConfig, load_config
 from ravine.train.loop import TrainResult, train
 from ravine.train.restarts import RestartsResult, train_restarts

@@ -173,6 +173,19 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
         raise ConfigError(f"{source}: {error}" if path is not None else str(error)) from None
 
 
+def parse_config(text: str, source: str) -> TrainConfig:
+    """A config from TOML ``text`` (e.g. a run folder's checksum-verified config.toml);
+    :class:`ConfigError` names ``source``."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source} is not valid TOML: {error}") from None
+    try:
+        return TrainConfig(**_fields_from_tables(document, source))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
 def _fields_from_tables(document: Mapping[str, Any], source: str) -> dict[str, Any]:
     unknown = [k for k in document if k not in _TABLES]
     if unknown:

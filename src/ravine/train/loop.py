@@ -24,6 +24,7 @@ import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +33,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ravine.folders import (
+    FolderTakenError,
+    RunFolder,
+    atomic_write_text,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from ravine.optim import make_optimizer
 from ravine.problems import PRESETS, Dataset, ModelConfig, build_model, load_dataset
 from ravine.problems import standardize as fit_standardizer
 from ravine.problems.models import pre_initialize
 from ravine.schedules import CosineWarmRestarts, make_schedule
-from ravine.train.checkpoint import atomic_write_text, resumable_state, save_checkpoint
 from ravine.train.config import ConfigError, TrainConfig, dump_toml
 
 CHECKPOINT = "checkpoint.pt"
@@ -186,13 +193,19 @@ def train(
     config: TrainConfig,
     out_dir: str | Path,
     *,
-    resume: bool = True,
+    replace: bool = False,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     stop_after_epoch: int | None = None,
     callbacks: Sequence[Callable[[nn.Module, int], None]] = (),
 ) -> TrainResult:
     """Train one network as ``config`` says, writing to ``out_dir``; resume if it holds a
     checkpoint of the same config.
+
+    ``out_dir`` belongs to this run (see :class:`ravine.folders.RunFolder`): a folder that
+    holds another run is refused with :class:`ConfigError`, unless ``replace=True``, which
+    removes that run's files once this config has been fully validated (data, model,
+    optimizer and schedule built). A damaged checkpoint is never loaded: the run resumes from
+    the previous one (``checkpoint.prev.pt``) if that is intact.
 
     ``on_progress`` gets ``{"step", "total", "epoch", "loss"}`` after each update and the
     epoch's metrics after each epoch. ``stop_after_epoch`` ends the run early (for tests and
@@ -248,132 +261,184 @@ def train(
     start_epoch, step, resumed_from = 0, 0, None
     stopped_before = False
 
-    out.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves no folder behind
-    checkpoint_path = out / CHECKPOINT
-    state = resumable_state(checkpoint_path, config_text) if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if schedule is not None:
-            schedule.load_state_dict(state["schedule"])
-        data_gen.set_state(state["data_gen"])
-        noise_gen.set_state(state["noise_gen"])
-        torch.set_rng_state(state["torch_rng"])
-        history, step_log, snapshots = state["history"], state["steps"], state["snapshots"]
-        best = state["best"]
-        _load_callback_states(callbacks, state.get("callbacks", {}))
-        start_epoch = resumed_from = state["epoch"]
-        step = state["step"]
-        # A run that had stopped early stays stopped (its checkpoint is its last epoch).
-        stopped_before = bool(
-            config.early_stopping and start_epoch - best["epoch"] >= config.early_stopping
-        )
-    (out / "config.toml").write_text(config_text)
-
-    if config.keep_weights and start_epoch == 0:
-        _save_weights(out, model, 0)  # the initialization: where a trajectory starts
-    cycle = total // config.snapshots if config.snapshots else 0
-    started = time.perf_counter()
-    seconds_before = history[-1]["seconds"] if history else 0.0  # wall time before a resume
-    model.train()
-    epoch = start_epoch
-    stopped_early = stopped_before
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        if step >= total or stopped_early:
-            break
-        order = torch.randperm(len(splits.x_train), generator=data_gen)
-        seen = correct = 0
-        running = 0.0
-        for i in range(per_epoch):
-            if step >= total:
-                break
-            index = order[i * config.batch_size : (i + 1) * config.batch_size]
-            x, y = to_input(splits.x_train[index]), splits.y_train[index]
-            optimizer.zero_grad()
-            output = model(x)
-            loss = loss_fn(output, y)
-            loss.backward()
-            if config.grad_noise:
-                _add_gradient_noise(model, config, step, noise_gen)
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
-            step += 1
-            value = float(loss.detach())
-            step_log.append((step, value, optimizer.param_groups[0]["lr"]))
-            running += value * len(index)
-            seen += len(index)
-            if y.dtype == torch.int64:
-                correct += int((output.detach().argmax(dim=1) == y).sum())
-            if cycle and step % cycle == 0:
-                snapshots.append(_copy_state(model))
-            for callback in callbacks:
-                callback(model, step)
-            if on_progress is not None:
-                on_progress({"step": step, "total": total, "epoch": epoch, "loss": value})
-
-        record: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": running / seen}
-        if dataset.task == "classification":
-            record["train_accuracy"] = correct / seen
-        held_out = evaluate(model, to_input(splits.x_val), splits.y_val, loss_fn)
-        record.update({f"{splits.val_name}_{k}": v for k, v in held_out.items()})
-        if splits.val_name != "test":
-            test = evaluate(model, to_input(splits.x_test), splits.y_test, loss_fn)
-            record.update({f"test_{k}": v for k, v in test.items()})
-        record["lr"] = optimizer.param_groups[0]["lr"]
-        record["seconds"] = seconds_before + time.perf_counter() - started
-        history.append(record)
-        if held_out["loss"] < best["loss"]:
-            best = {"loss": held_out["loss"], "epoch": epoch, "state": _copy_state(model)}
-        if config.early_stopping and epoch - best["epoch"] >= config.early_stopping:
-            stopped_early = True
-        if on_progress is not None:
-            on_progress({"step": step, "total": total, "epoch": epoch, "metrics": record})
-        last = epoch == config.epochs or step >= total or stopped_early
-        if config.keep_weights:
-            _save_weights(out, model, epoch)
-        if epoch % config.checkpoint_every == 0 or last:
-            save_checkpoint(
-                {
-                    "config": config_text,
-                    "epoch": epoch,
-                    "step": step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict() if schedule is not None else None,
-                    "data_gen": data_gen.get_state(),
-                    "noise_gen": noise_gen.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "history": history,
-                    "steps": step_log,
-                    "snapshots": snapshots,
-                    "best": best,
-                    "callbacks": _callback_states(callbacks),
-                },
-                checkpoint_path,
+    # Only now, with everything validated: bad input leaves no folder behind, and a folder
+    # to replace is emptied only for a run that can start.
+    folder = claim_run_folder(out, config_text, replace=replace)
+    try:
+        checkpoint_path = out / CHECKPOINT
+        state, note = load_latest_checkpoint(checkpoint_path) if folder.resuming else (None, "")
+        if note:
+            warnings.warn(note, ResumeWarning, stacklevel=2)
+        if state is None and folder.resuming and folder.owner.finished:
+            raise ConfigError(
+                f"{out} holds this run, finished, but its checkpoint is gone: there is nothing "
+                "to resume and its results are intact; to train it again, replace it (--replace)"
             )
-            _write_logs(out, history, step_log)
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and not last:
-            return TrainResult(out, model, history, {}, None, step, resumed_from)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if schedule is not None:
+                schedule.load_state_dict(state["schedule"])
+            data_gen.set_state(state["data_gen"])
+            noise_gen.set_state(state["noise_gen"])
+            torch.set_rng_state(state["torch_rng"])
+            history, step_log, snapshots = state["history"], state["steps"], state["snapshots"]
+            best = state["best"]
+            _load_callback_states(callbacks, state.get("callbacks", {}))
+            start_epoch = resumed_from = state["epoch"]
+            step = state["step"]
+            # A run that had stopped early stays stopped (its checkpoint is its last epoch).
+            stopped_before = bool(
+                config.early_stopping and start_epoch - best["epoch"] >= config.early_stopping
+            )
+        folder.unfinish()
+        atomic_write_text(out / "config.toml", config_text)
 
-    if config.early_stopping and best["state"] is not None:
-        # Early stopping hands back the best held-out model, not the last one.
-        model.load_state_dict(best["state"])
-    final = {
-        f"{splits.val_name}_{k}": v
-        for k, v in evaluate(model, to_input(splits.x_val), splits.y_val, loss_fn).items()
-    }
-    final.update(
-        {
-            f"test_{k}": v
-            for k, v in evaluate(model, to_input(splits.x_test), splits.y_test, loss_fn).items()
+        if config.keep_weights and start_epoch == 0:
+            _save_weights(out, model, 0)  # the initialization: where a trajectory starts
+        cycle = total // config.snapshots if config.snapshots else 0
+        started = time.perf_counter()
+        seconds_before = history[-1]["seconds"] if history else 0.0  # wall time before a resume
+        model.train()
+        epoch = start_epoch
+        stopped_early = stopped_before
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            if step >= total or stopped_early:
+                break
+            order = torch.randperm(len(splits.x_train), generator=data_gen)
+            seen = correct = 0
+            running = 0.0
+            for i in range(per_epoch):
+                if step >= total:
+                    break
+                index = order[i * config.batch_size : (i + 1) * config.batch_size]
+                x, y = to_input(splits.x_train[index]), splits.y_train[index]
+                optimizer.zero_grad()
+                output = model(x)
+                loss = loss_fn(output, y)
+                loss.backward()
+                if config.grad_noise:
+                    _add_gradient_noise(model, config, step, noise_gen)
+                optimizer.step()
+                if schedule is not None:
+                    schedule.step()
+                step += 1
+                value = float(loss.detach())
+                step_log.append((step, value, optimizer.param_groups[0]["lr"]))
+                running += value * len(index)
+                seen += len(index)
+                if y.dtype == torch.int64:
+                    correct += int((output.detach().argmax(dim=1) == y).sum())
+                if cycle and step % cycle == 0:
+                    snapshots.append(_copy_state(model))
+                for callback in callbacks:
+                    callback(model, step)
+                if on_progress is not None:
+                    on_progress({"step": step, "total": total, "epoch": epoch, "loss": value})
+
+            record: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": running / seen}
+            if dataset.task == "classification":
+                record["train_accuracy"] = correct / seen
+            held_out = evaluate(model, to_input(splits.x_val), splits.y_val, loss_fn)
+            record.update({f"{splits.val_name}_{k}": v for k, v in held_out.items()})
+            if splits.val_name != "test":
+                test = evaluate(model, to_input(splits.x_test), splits.y_test, loss_fn)
+                record.update({f"test_{k}": v for k, v in test.items()})
+            record["lr"] = optimizer.param_groups[0]["lr"]
+            record["seconds"] = seconds_before + time.perf_counter() - started
+            history.append(record)
+            if held_out["loss"] < best["loss"]:
+                best = {"loss": held_out["loss"], "epoch": epoch, "state": _copy_state(model)}
+            if config.early_stopping and epoch - best["epoch"] >= config.early_stopping:
+                stopped_early = True
+            if on_progress is not None:
+                on_progress({"step": step, "total": total, "epoch": epoch, "metrics": record})
+            last = epoch == config.epochs or step >= total or stopped_early
+            if config.keep_weights:
+                _save_weights(out, model, epoch)
+            if epoch % config.checkpoint_every == 0 or last:
+                save_checkpoint(
+                    {
+                        "config": config_text,
+                        "epoch": epoch,
+                        "step": step,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict() if schedule is not None else None,
+                        "data_gen": data_gen.get_state(),
+                        "noise_gen": noise_gen.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "history": history,
+                        "steps": step_log,
+                        "snapshots": snapshots,
+                        "best": best,
+                        "callbacks": _callback_states(callbacks),
+                    },
+                    checkpoint_path,
+                    keep_previous=True,
+                )
+                _write_logs(out, history, step_log)
+            if stop_after_epoch is not None and epoch >= stop_after_epoch and not last:
+                return TrainResult(out, model, history, {}, None, step, resumed_from)
+
+        if config.early_stopping and best["state"] is not None:
+            # Early stopping hands back the best held-out model, not the last one.
+            model.load_state_dict(best["state"])
+        final = {
+            f"{splits.val_name}_{k}": v
+            for k, v in evaluate(model, to_input(splits.x_val), splits.y_val, loss_fn).items()
         }
-    )
-    ensemble = None
-    if snapshots:
-        ensemble = _snapshot_ensemble(model, snapshots, to_input(splits.x_test), splits, loss_fn)
-    _write_final(out, config, model, splits, history, step_log, final, ensemble)
-    return TrainResult(out, model, history, final, ensemble, step, resumed_from)
+        final.update(
+            {
+                f"test_{k}": v
+                for k, v in evaluate(model, to_input(splits.x_test), splits.y_test, loss_fn).items()
+            }
+        )
+        ensemble = None
+        if snapshots:
+            ensemble = _snapshot_ensemble(
+                model, snapshots, to_input(splits.x_test), splits, loss_fn
+            )
+        _write_final(out, config, model, splits, history, step_log, final, ensemble)
+        folder.finish()
+        return TrainResult(out, model, history, final, ensemble, step, resumed_from)
+    finally:
+        folder.release()
+
+
+class ResumeWarning(UserWarning):
+    """A run resumed from an older checkpoint than its newest (which was damaged)."""
+
+
+def claim_run_folder(out: Path, config_text: str, *, replace: bool = False) -> RunFolder:
+    """Take ``out`` for the training run of ``config_text`` (see :class:`RunFolder`);
+    ``ConfigError`` when it holds another run."""
+    try:
+        return RunFolder.claim(out, "train", config_text, replace=replace, describe=describe_change)
+    except FolderTakenError as error:
+        raise ConfigError(str(error)) from None
+
+
+def describe_change(old: str, new: str) -> str:
+    """The first keys in which two run configs (TOML text) differ, for a refusal message."""
+    from ravine.train.config import tomllib
+
+    try:
+        before, after = (_flatten(tomllib.loads(text)) for text in (old, new))
+    except tomllib.TOMLDecodeError:
+        return "its config.toml is unreadable"
+    changed = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    shown = [f"{k} = {_shown(before.get(k))} there, {_shown(after.get(k))} here" for k in changed]
+    more = f", and {len(shown) - 3} more" if len(shown) > 3 else ""
+    return "; ".join(shown[:3]) + more
+
+
+def _flatten(tables: dict[str, Any]) -> dict[str, Any]:
+    return {f"{t}.{k}": v for t, values in tables.items() for k, v in values.items()}
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else repr(value)
 
 
 def _callback_keys(callbacks: Sequence[Any]) -> list[str]:

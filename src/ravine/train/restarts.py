@@ -68,6 +68,7 @@ import json
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,13 +78,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ravine.folders import atomic_write_text, load_latest_checkpoint, save_checkpoint
 from ravine.optim import make_optimizer
 from ravine.optim._math import clip_coefficient
 from ravine.problems import build_model
 from ravine.problems.models import make_functional, pre_initialize, stack_models
-from ravine.train.checkpoint import atomic_write_text, resumable_state, save_checkpoint
 from ravine.train.config import ConfigError, TrainConfig, dump_toml
 from ravine.train.loop import (
+    ResumeWarning,
+    claim_run_folder,
     ensemble_metrics,
     input_view,
     loss_function,
@@ -583,7 +586,7 @@ def train_restarts(
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     device: str | torch.device | None = None,
     method: str = "auto",
-    resume: bool = True,
+    replace: bool = False,
     stop_after_epoch: int | None = None,
 ) -> RestartsResult:
     """Train ``config.restarts`` independently initialized networks as one batched computation.
@@ -600,7 +603,7 @@ def train_restarts(
             epoch.
         device: where to train (``"cpu"``, ``"cuda"``, ...); default ``"cpu"``.
         method: ``"auto"``, ``"vmap"`` or ``"bmm"`` (see the module doc).
-        resume: continue from a checkpoint in ``out_dir`` if there is one.
+        replace: replace the run ``out_dir`` holds, if it holds another (as in ``train()``).
         stop_after_epoch: return after this epoch's checkpoint, as if killed (tests).
 
     Example::
@@ -632,147 +635,165 @@ def train_restarts(
     if splits.val_name != "test":
         held_out["test"] = (splits.x_test.to(device), splits.y_test.to(device))
     val_key = f"{splits.val_name}_loss"
-    out.mkdir(parents=True, exist_ok=True)  # only now: bad input above leaves no folder behind
-
-    torch.manual_seed(seeds(config.seed)["dropout"])  # dropout masks: global generator(s)
-    history: list[dict[str, Any]] = []
-    step_log: list[tuple[int, float, float, float, float]] = []  # step, lr, median, min, max
-    best: dict[str, Any] | None = None
-    if config.early_stopping:
-        best = {
-            "loss": torch.full((n,), math.inf, device=device),
-            "epoch": torch.zeros(n, dtype=torch.int64, device=device),
-            "params": {k: v.detach().clone() for k, v in trainer.params.items()},
-            "buffers": {k: v.clone() for k, v in trainer.buffers.items()},
-        }
-    start_epoch, resumed_from = 0, None
-    checkpoint_path = out / CHECKPOINT
-    state = resumable_state(checkpoint_path, config_text) if resume else None
-    if state is not None:
-        trainer.load_state_dict(state["trainer"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        history, step_log = state["history"], [tuple(s) for s in state["steps"]]
-        if best is not None:
-            best = _to_device(state["best"], device)
-        start_epoch = resumed_from = state["epoch"]
-    (out / "config.toml").write_text(config_text)
-
-    total = trainer.total
-    started = time.perf_counter()
-    seconds_before = history[-1]["seconds"] if history else 0.0
-    epoch = start_epoch
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        if trainer.step >= total or not bool(trainer.active.any()):
-            break
-
-        def on_step(losses: Tensor, epoch: int = epoch) -> None:
-            loss = _median(losses.tolist())  # a host sync per update: only with on_progress
-            on_progress({"step": trainer.step, "total": total, "epoch": epoch, "loss": loss})
-
-        stopped = (~trainer.active).nonzero().flatten().tolist()  # by early stopping
-        stats = trainer.run_epoch(
-            x_train, y_train, on_step=on_step if on_progress is not None else None
-        )
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        first = trainer.step - len(stats["lrs"]) + 1
-        for i, (row, step_lr) in enumerate(
-            zip(stats["losses"].tolist(), stats["lrs"], strict=True)
-        ):
-            step_log.append((first + i, step_lr, _median(row), *_range(row)))
-        seen = stats["seen"]
-        record: dict[str, Any] = {"epoch": epoch, "step": trainer.step}
-        per_restart: dict[str, Tensor] = {"train_loss": stats["loss_sum"] / seen}
-        if task == "classification":
-            per_restart["train_accuracy"] = stats["correct"].double() / seen
-        for name, (x, y) in held_out.items():
-            for key, value in trainer.metrics(trainer.outputs(x), y).items():
-                per_restart[f"{name}_{key}"] = value
-        # The keys of train()'s records hold the median over the restarts that are neither
-        # diverged nor stopped, so that anything reading one run's metrics reads these;
-        # "per_restart" holds the lists (None for NaN/Inf, and for a restart that early
-        # stopping has stopped: its sequential run would have no such epoch).
-        diverged = trainer.diverged
-        record["per_restart"] = {}
-        for key, value in per_restart.items():
-            values = [None if k in stopped else v for k, v in enumerate(value.tolist())]
-            record["per_restart"][key] = _json_floats(values)
-            kept = [v for k, v in enumerate(values) if k not in diverged and v is not None]
-            record[key] = _median(kept)
-        record["diverged"] = diverged
+    # Only now, with everything validated: bad input leaves no folder behind, and a folder
+    # to replace is emptied only for a run that can start.
+    folder = claim_run_folder(out, config_text, replace=replace)
+    try:
+        torch.manual_seed(seeds(config.seed)["dropout"])  # dropout masks: global generator(s)
+        history: list[dict[str, Any]] = []
+        step_log: list[tuple[int, float, float, float, float]] = []  # step, lr, median, min, max
+        best: dict[str, Any] | None = None
         if config.early_stopping:
-            record["stopped"] = stopped
-        record["lr"] = lr
-        record["seconds"] = seconds_before + time.perf_counter() - started
-        history.append(record)
-        if best is not None:
-            _track_best(best, trainer, per_restart[val_key], epoch, config.early_stopping)
-        if on_progress is not None:
-            on_progress({"step": trainer.step, "total": total, "epoch": epoch, "metrics": record})
-        last = epoch == config.epochs or trainer.step >= total or not bool(trainer.active.any())
-        if epoch % config.checkpoint_every == 0 or last:
-            save_checkpoint(
-                {
-                    "config": config_text,
-                    "epoch": epoch,
-                    "trainer": trainer.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "history": history,
-                    "steps": [list(s) for s in step_log],
-                    "best": _to_device(best, "cpu") if best is not None else None,
-                },
-                checkpoint_path,
+            best = {
+                "loss": torch.full((n,), math.inf, device=device),
+                "epoch": torch.zeros(n, dtype=torch.int64, device=device),
+                "params": {k: v.detach().clone() for k, v in trainer.params.items()},
+                "buffers": {k: v.clone() for k, v in trainer.buffers.items()},
+            }
+        start_epoch, resumed_from = 0, None
+        checkpoint_path = out / CHECKPOINT
+        state, note = load_latest_checkpoint(checkpoint_path) if folder.resuming else (None, "")
+        if note:
+            warnings.warn(note, ResumeWarning, stacklevel=2)
+        if state is None and folder.resuming and folder.owner.finished:
+            raise ConfigError(
+                f"{out} holds this run, finished, but its checkpoint is gone: there is nothing "
+                "to resume and its results are intact; to train it again, replace it (--replace)"
             )
-            _write_logs(out, history, step_log)
-        if stop_after_epoch is not None and epoch >= stop_after_epoch and not last:
-            return _result(out, trainer, history, [], {}, None, resumed_from)
+        if state is not None:
+            trainer.load_state_dict(state["trainer"])
+            torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+            history, step_log = state["history"], [tuple(s) for s in state["steps"]]
+            if best is not None:
+                best = _to_device(state["best"], device)
+            start_epoch = resumed_from = state["epoch"]
+        folder.unfinish()
+        atomic_write_text(out / "config.toml", config_text)
 
-    params = {k: v.detach() for k, v in trainer.params.items()}
-    buffers = dict(trainer.buffers)
-    if best is not None:
-        # Early stopping hands back each restart's best held-out state, as train() does.
-        params, buffers = best["params"], best["buffers"]
-    diverged = trainer.diverged
-    for k in range(n):  # the parameters themselves may have overflowed without a NaN grad
-        if k not in diverged and not all(bool(p[k].isfinite().all()) for p in params.values()):
-            diverged.append(k)
-    diverged.sort()
+        total = trainer.total
+        started = time.perf_counter()
+        seconds_before = history[-1]["seconds"] if history else 0.0
+        epoch = start_epoch
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            if trainer.step >= total or not bool(trainer.active.any()):
+                break
 
-    final_metrics: dict[str, Tensor] = {}
-    test_outputs = None
-    for name, (x, y) in {"train": (x_train, y_train), **held_out}.items():
-        outputs = trainer.outputs(x, params, buffers)
-        if name == "test":
-            test_outputs = outputs
-        for key, value in trainer.metrics(outputs, y).items():
-            final_metrics[f"{name}_{key}"] = value
-    final = [{key: float(values[k]) for key, values in final_metrics.items()} for k in range(n)]
-    healthy = [k for k in range(n) if k not in diverged]
-    summary = _summarize(final, healthy, val_key)
-    ensemble = None
-    if healthy and test_outputs is not None:
-        loss_fn = loss_function(dataset)
-        members = [test_outputs[k] for k in healthy]
-        ensemble = ensemble_metrics(members, held_out["test"][1], loss_fn)
-        ensemble["members"] = len(members)
-    result = RestartsResult(
-        out,
-        trainer.model,
-        {k: v.detach().cpu() for k, v in params.items()},
-        {k: v.cpu() for k, v in buffers.items()},
-        history,
-        final,
-        summary,
-        ensemble,
-        diverged,
-        trainer.step,
-        trainer.method,
-        resumed_from,
-    )
-    _write_final(out, config, result, splits, step_log, trainer, best)
-    return result
+            def on_step(losses: Tensor, epoch: int = epoch) -> None:
+                loss = _median(losses.tolist())  # a host sync per update: only with on_progress
+                on_progress({"step": trainer.step, "total": total, "epoch": epoch, "loss": loss})
+
+            stopped = (~trainer.active).nonzero().flatten().tolist()  # by early stopping
+            stats = trainer.run_epoch(
+                x_train, y_train, on_step=on_step if on_progress is not None else None
+            )
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            first = trainer.step - len(stats["lrs"]) + 1
+            for i, (row, step_lr) in enumerate(
+                zip(stats["losses"].tolist(), stats["lrs"], strict=True)
+            ):
+                step_log.append((first + i, step_lr, _median(row), *_range(row)))
+            seen = stats["seen"]
+            record: dict[str, Any] = {"epoch": epoch, "step": trainer.step}
+            per_restart: dict[str, Tensor] = {"train_loss": stats["loss_sum"] / seen}
+            if task == "classification":
+                per_restart["train_accuracy"] = stats["correct"].double() / seen
+            for name, (x, y) in held_out.items():
+                for key, value in trainer.metrics(trainer.outputs(x), y).items():
+                    per_restart[f"{name}_{key}"] = value
+            # The keys of train()'s records hold the median over the restarts that are neither
+            # diverged nor stopped, so that anything reading one run's metrics reads these;
+            # "per_restart" holds the lists (None for NaN/Inf, and for a restart that early
+            # stopping has stopped: its sequential run would have no such epoch).
+            diverged = trainer.diverged
+            record["per_restart"] = {}
+            for key, value in per_restart.items():
+                values = [None if k in stopped else v for k, v in enumerate(value.tolist())]
+                record["per_restart"][key] = _json_floats(values)
+                kept = [v for k, v in enumerate(values) if k not in diverged and v is not None]
+                record[key] = _median(kept)
+            record["diverged"] = diverged
+            if config.early_stopping:
+                record["stopped"] = stopped
+            record["lr"] = lr
+            record["seconds"] = seconds_before + time.perf_counter() - started
+            history.append(record)
+            if best is not None:
+                _track_best(best, trainer, per_restart[val_key], epoch, config.early_stopping)
+            if on_progress is not None:
+                on_progress(
+                    {"step": trainer.step, "total": total, "epoch": epoch, "metrics": record}
+                )
+            last = epoch == config.epochs or trainer.step >= total or not bool(trainer.active.any())
+            if epoch % config.checkpoint_every == 0 or last:
+                save_checkpoint(
+                    {
+                        "config": config_text,
+                        "epoch": epoch,
+                        "trainer": trainer.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state(device)
+                        if device.type == "cuda"
+                        else None,
+                        "history": history,
+                        "steps": [list(s) for s in step_log],
+                        "best": _to_device(best, "cpu") if best is not None else None,
+                    },
+                    checkpoint_path,
+                    keep_previous=True,
+                )
+                _write_logs(out, history, step_log)
+            if stop_after_epoch is not None and epoch >= stop_after_epoch and not last:
+                return _result(out, trainer, history, [], {}, None, resumed_from)
+
+        params = {k: v.detach() for k, v in trainer.params.items()}
+        buffers = dict(trainer.buffers)
+        if best is not None:
+            # Early stopping hands back each restart's best held-out state, as train() does.
+            params, buffers = best["params"], best["buffers"]
+        diverged = trainer.diverged
+        for k in range(n):  # the parameters themselves may have overflowed without a NaN grad
+            if k not in diverged and not all(bool(p[k].isfinite().all()) for p in params.values()):
+                diverged.append(k)
+        diverged.sort()
+
+        final_metrics: dict[str, Tensor] = {}
+        test_outputs = None
+        for name, (x, y) in {"train": (x_train, y_train), **held_out}.items():
+            outputs = trainer.outputs(x, params, buffers)
+            if name == "test":
+                test_outputs = outputs
+            for key, value in trainer.metrics(outputs, y).items():
+                final_metrics[f"{name}_{key}"] = value
+        final = [{key: float(values[k]) for key, values in final_metrics.items()} for k in range(n)]
+        healthy = [k for k in range(n) if k not in diverged]
+        summary = _summarize(final, healthy, val_key)
+        ensemble = None
+        if healthy and test_outputs is not None:
+            loss_fn = loss_function(dataset)
+            members = [test_outputs[k] for k in healthy]
+            ensemble = ensemble_metrics(members, held_out["test"][1], loss_fn)
+            ensemble["members"] = len(members)
+        result = RestartsResult(
+            out,
+            trainer.model,
+            {k: v.detach().cpu() for k, v in params.items()},
+            {k: v.cpu() for k, v in buffers.items()},
+            history,
+            final,
+            summary,
+            ensemble,
+            diverged,
+            trainer.step,
+            trainer.method,
+            resumed_from,
+        )
+        _write_final(out, config, result, splits, step_log, trainer, best)
+        folder.finish()
+        return result
+    finally:
+        folder.release()
 
 
 def _result(out, trainer, history, final, summary, ensemble, resumed_from) -> RestartsResult:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from torch import nn
 
+from ravine.folders import DamagedFileError, load_checkpoint, read_verified
 from ravine.problems import build_model
-from ravine.train.checkpoint import load_checkpoint
-from ravine.train.config import ConfigError, TrainConfig, load_config
+from ravine.train.config import ConfigError, TrainConfig, parse_config
 from ravine.train.loop import Splits, input_view, model_config, prepare_data, seeds
 
 WEIGHTS_DIR = "weights"  # per-epoch weights, when the run kept them (keep_weights = true)
@@ -57,12 +57,25 @@ def load_run(path: str | Path) -> Run:
             f"{path} has no model.pt: the run has not finished (run the same ravine train "
             "command again to resume it)"
         )
-    config = load_config(path / "config.toml")
+    config = load_run_config(path)
     splits = prepare_data(config)
     mconfig = model_config(config)
     shape = input_view(mconfig, splits.dataset)
     num_outputs = splits.dataset.num_classes or splits.dataset.y_train.shape[1]
     model = build_model(mconfig, shape, num_outputs)
-    saved = load_checkpoint(path / "model.pt")
-    model.load_state_dict(saved["model"])
+    try:
+        saved = load_checkpoint(path / "model.pt")
+        model.load_state_dict(saved["model"])
+    except (ValueError, KeyError, RuntimeError) as error:  # damaged, or another model's
+        raise ConfigError(f"{path / 'model.pt'} cannot be used: {error}") from None
     return Run(path, config, splits, model.eval(), shape)
+
+
+def load_run_config(path: Path) -> TrainConfig:
+    """The config a run folder was trained with, its checksum checked."""
+    source = path / "config.toml"
+    try:
+        text = read_verified(source).decode("utf-8")
+    except (DamagedFileError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{source} cannot be read: {error}") from None
+    return parse_config(text, str(source))
