@@ -83,6 +83,24 @@ COMMON_HYPERPARAMS: Mapping[str, Any] = {
     "members": None,  # N: the group's parameters are N stacked copies (N, ...) (members.py)
 }
 _CPU = torch.device("cpu")
+#: ChainOptimizer attributes that pickling and deepcopy carry (see ``__getstate__``).
+_PICKLED = (
+    "transforms",
+    "nonfinite",
+    "engine",
+    "state_dtype",
+    "_numeric",
+    "_flags",
+    "_scalar_keys",
+    "_members",
+    "_member_skipped",
+    "_refused",
+    "_skipped_host",
+    "_skipped_device",
+    "_pending_check",
+    "_force_guarded",
+    "_fallback_warned",
+)
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -147,11 +165,13 @@ class ChainOptimizer(torch.optim.Optimizer):
                 f"{type(self).__name__} got unexpected hyperparameter(s) "
                 f"{', '.join(sorted(unknown))}; valid: {', '.join(sorted(defaults))}"
             )
+        # (from the stages' own defaults: the values given may be per member)
+        self._numeric = M.numeric_keys(defaults)
+        self._flags = {k: v for k, v in defaults.items() if isinstance(v, bool)}
+        self._scalar_keys = _scalar_state_keys(self.transforms, defaults)
         defaults.update(hyperparams)
         if not is_bool(compile):
             raise ValueError(f"compile must be True or False, got {compile!r}")
-        self._numeric = M.numeric_keys(defaults)
-        self._scalar_keys = _scalar_state_keys(self.transforms, defaults)
         self._members: int | None = None
         self._member_skipped: Tensor | None = None  # (N,) steps refused, per member
         self._refused: Tensor | None = None  # (N,) members refused on the last checked step
@@ -192,7 +212,7 @@ class ChainOptimizer(torch.optim.Optimizer):
     def _prepare_group(self, group: dict[str, Any]) -> None:
         """Flags as bools; for a member group, its shape checked and per-member values
         normalized (``members.normalize``)."""
-        check_flags(group, self.defaults)
+        check_flags(group, self._flags)
         n = M.check_members(group.get("members"))
         others = {g.get("members") for g in self.param_groups if g is not group}
         if others and others != {n}:
@@ -202,6 +222,25 @@ class ChainOptimizer(torch.optim.Optimizer):
         if n is not None:
             M.check_leading_dimension(group, n)
             M.normalize(group, self._numeric, n)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim keeps only defaults, state and param groups, which would leave a copy
+        # without its chain. ravine's attributes travel too; compiled kernels and the flat
+        # layout are rebuilt by the copy (its parameters are copies), and a deferred NaN
+        # check is waited for, since its CUDA event cannot be copied.
+        state = super().__getstate__()
+        self._wait_for_pending_check()
+        for key in _PICKLED:
+            state[key] = self.__dict__[key]
+        state["_kernels"] = FusedKernels(self._kernels.compile, self._kernels.backend)
+        state["_buckets"] = state["_bucket_key"] = state["_bucket_members"] = None
+        return state
+
+    def _wait_for_pending_check(self) -> None:
+        if self._pending_check is not None and self._pending_check[1] is not None:
+            flags, event, work = self._pending_check
+            event.synchronize()
+            self._pending_check = (flags, None, work)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # load_state_dict goes through here; a state dict saved by torch.optim (or an older
@@ -385,9 +424,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         step = previous.to(device, wide) + 1  # (N,)
         for key in self._scalar_keys & state.keys():
             state[key] = state[key].to(device)
-        # At least float32: (N, 1) coefficients take part in type promotion, so 16-bit ones
-        # would round lr and betas (0-dim or Python scalars do not).
-        dtype = torch.promote_types(compute, torch.float32)
+        # In the compute dtype: (N, 1, ...) coefficients take part in type promotion (and
+        # lerp takes no weight of another dtype). In 16 bits they round as the arithmetic on
+        # them does anyway; for a scalar, 0-dim or Python, torch keeps float32 digits.
+        dtype = compute
         u, new_state = grad, {}
         view = _ChainedState(state, new_state)
         for stage, flags in chain:
@@ -399,8 +439,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         updated = p - M.column(group["lr"], p, dtype) * u
         if commit is None:
             target.copy_(updated)
-            for key, value in new_state.items():
-                state[key] = value.to(state[key].dtype) if key in state else value
+            state.update(new_state)
             state["step"] = step.to(previous.dtype)
             return
         keep = commit.to(p.device)
@@ -410,7 +449,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             if old is None:  # (absent state means zeros to every stage, see transforms._state)
                 old = torch.zeros_like(value)
             mask = commit.to(value.device).view(-1, *[1] * (value.dim() - 1))
-            state[key] = torch.where(mask, value, old).to(old.dtype)
+            state[key] = torch.where(mask, value, old)
         state["step"] = torch.where(commit.to(device), step, previous.to(device, wide)).to(
             previous.dtype
         )
@@ -501,14 +540,17 @@ class ChainOptimizer(torch.optim.Optimizer):
             self._after_guarded_step(finite, flags, work)
 
     def _flat_members_step(self, buckets: list[FlatBucket], work: list, guarded: bool) -> None:
-        # Each bucket is (N, D), member-major: one reduction per bucket gives every member's
-        # flags and norms; per parameter only where an error will name them.
+        # One reduction per bucket, over its (N, D) rows view, gives every member's flags and
+        # norms; per parameter only where an error will name them.
         per_param = guarded and self.nonfinite == "raise"
         tensors = [p.grad for b in buckets for p in b.params] if per_param else None
-        finite, flags = self._member_finite(tensors or [b.grad for b in buckets], work, guarded)
+        grads = [b.member_rows(b.grad) for b in buckets]
+        finite, flags = self._member_finite(tensors or grads, work, guarded)
         norms = None
         if any(b.group["max_grad_norm"] is not None for b in buckets):
-            clipped = [M.clamp(b.grad, b.group["clip_value"]) for b in buckets]
+            clipped = [
+                M.clamp(g, b.group["clip_value"]) for g, b in zip(grads, buckets, strict=True)
+            ]
             norms = global_norm(clipped, members=self._members)  # (N,)
         for bucket in buckets:
             self._flat_update(bucket, norms, finite)
@@ -534,9 +576,10 @@ class ChainOptimizer(torch.optim.Optimizer):
             wide = torch.float32 if bucket.device.type == "mps" else torch.float64
             previous_step = bucket.step.to(bucket.device, wide)
             step = previous_step + 1
-        scalars_view = dict(bucket.scalars)
+        committed = dict(bucket.scalars)
         if finite is not None:
-            scalars_view = {k: v.to(bucket.device) for k, v in scalars_view.items()}
+            committed = {k: v.to(bucket.device) for k, v in committed.items()}
+        scalars_view = dict(committed)  # (a refused step keeps the committed values)
         if n is not None:  # per-member values where the step count is
             group = M.group_on(group, bucket.device if finite is not None else _CPU)
         coefficients, new_scalars = [], {}
@@ -549,8 +592,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         if group["clip_value"] is not None:
             numbers.append(group["clip_value"])
         if n is not None:
-            # (N, 1) tensors, whatever is per member: new values never recompile.
-            packed = M.pack(numbers, n, bucket.device, _packed_dtype(bucket))
+            # (1, N) tensors, whatever is per member: new values never recompile.
+            packed = M.pack(numbers, n, bucket.device, bucket.compute_dtype, (1, n))
         elif self._kernels.compiling or finite is not None:
             # A compiled kernel gets every number as a 0-dim tensor in the parameters' dtype:
             # values change every step (bias corrections, schedules) without recompiling.
@@ -568,13 +611,13 @@ class ChainOptimizer(torch.optim.Optimizer):
         if group["max_grad_norm"] is not None and n is not None:
             max_norm = M.on_device(group["max_grad_norm"], total_norm.device)
             scale = clip_coefficient(total_norm, max_norm)  # (N,)
-            scale = M.pack([scale], n, bucket.device, _packed_dtype(bucket))[0]
+            scale = M.pack([scale], n, bucket.device, bucket.compute_dtype, (1, n))[0]
         elif group["max_grad_norm"] is not None:
             scale = clip_coefficient(total_norm, group["max_grad_norm"]).to(
                 bucket.device, bucket.compute_dtype
             )
         if n is not None and finite is not None:
-            finite = finite.view(n, 1)
+            finite = finite.view(1, n)
         structure = (
             tuple(type(stage) for stage in stages),
             tuple(tuple(f.items()) for f in flags),
@@ -584,7 +627,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             finite is not None,
             bucket.compute_dtype,
         )
-        # Member kernels get their own code object (their coefficients are (N, 1), not 0-dim).
+        # Member kernels get their own code object (their coefficients are (1, N), not 0-dim).
         key = structure if n is None else (*structure, "members")
         kernel = self._kernels.get(key, lambda: fused_update(stages, flags, *structure[2:]))
         if bucket.numel == 0:
@@ -614,7 +657,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                 finite = finite.view(n)
             bucket.step = torch.where(finite, step, previous_step).to(bucket.step.dtype)
             for key, value in new_scalars.items():
-                bucket.scalars[key] = torch.where(finite, value, scalars_view[key])
+                bucket.scalars[key] = torch.where(finite, value, committed[key])
         if finite is not None or new_scalars:  # (else every state dict already holds them)
             for p in bucket.params:
                 self.state[p]["step"] = bucket.step
@@ -881,11 +924,6 @@ class _ChainedState(Mapping):
         return len(set(self._committed) | set(self._new))
 
 
-def _packed_dtype(bucket: FlatBucket) -> torch.dtype:
-    # At least float32: bf16 would round lr 1e-2 to 0.0100098 and beta2 0.999 to 1.0.
-    return torch.promote_types(bucket.compute_dtype, torch.float32)
-
-
 def _pack(numbers: list, bucket: FlatBucket) -> list[Tensor]:
     """Numbers (floats or 0-dim tensors) as 0-dim tensors on the bucket's device.
 
@@ -942,6 +980,8 @@ def _scalar_state_keys(transforms: Sequence[Transform], defaults: Mapping[str, A
 def _member_index(index: Tensor | Sequence[int], n: int) -> Tensor:
     """``index`` as a 1-D host long tensor of distinct members in ``[0, n)``."""
     index = torch.as_tensor(index)
+    if index.numel() == 0:
+        raise ValueError("keep_members needs at least one member index, got none")
     if index.dim() != 1 or index.dtype == torch.bool or index.is_floating_point():
         raise ValueError(
             f"keep_members takes a 1-D list or tensor of member indices, got {index!r}"

@@ -19,11 +19,14 @@ was replaced, or that joins or leaves the set with gradients, rebuilds the bucke
 flat layout cannot express — parameters of one group at different step counts (one skipped
 a step, or joined late) — runs on the simple engine from then on, with a warning.
 
-Member groups (``members=N``, see ``members.py``) are laid out member-major: each buffer is
-``(N, D)``, row k holding member k's share of every parameter, and each parameter ``(N, ...)``
-is a view of a block of columns. Per-member coefficients are then ``(N, 1)`` tensors that
-broadcast over the rows in the same single fused pass. (The parameters are therefore not
-contiguous: their rows are ``D`` elements apart.)
+Member groups (``members=N``, see ``members.py``) keep the member index innermost: each
+buffer is ``(D, N)``, element j of every member side by side, and a parameter ``(N, ...)`` is
+the transposed view of a block of rows, ``buffer[o : o + d].T``. Per-member coefficients are
+then ``(1, N)`` tensors that broadcast in the same single fused pass over contiguous memory.
+The parameters are not contiguous (their member stride is 1) but dense, and their gradients,
+views with the same strides, obey autograd's layout contract. (Member-major ``(N, D)``
+storage would give each parameter contiguous rows, but a block of columns is not dense:
+backward then warns on every accumulation that the gradient breaks that contract.)
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class FlatBucket:
             total += p.numel() // rows
         self.width = total
         self.numel = total * rows
-        shape = (total,) if members is None else (members, total)
+        shape = (total,) if members is None else (total, members)
         self.param = torch.empty(shape, device=self.device, dtype=self.dtype)
         self.grad = torch.zeros(shape, device=self.device, dtype=self.dtype)
         for p, view in zip(self.params, self._views(self.param), strict=True):
@@ -91,24 +94,32 @@ class FlatBucket:
         self.step = torch.tensor(steps.pop(), dtype=step_dtype)  # () or (N,)
         started = bool((self.step > 0).any())
         like = self.param if self.compute_dtype == self.dtype else self.param.to(self.compute_dtype)
+        if members is not None:
+            like = self.member_rows(like)  # (N, D): the stages see one row per member
         init_group = group if members is None else M.shaped_group(group, like)
         for stage in stages:
             for key, value in stage.init(like, init_group).items():
                 if value.dim() == 0:
                     self.scalars[key] = value if members is None else value.expand(rows).clone()
-                else:
+                elif members is None:
                     self.state[key] = value
+                else:
+                    self.state[key] = value.T.contiguous()  # back to (D, N)
         for p in self.params:
             for key, value in state.get(p, {}).items():
                 if key in self.scalars and isinstance(value, Tensor):
                     self.scalars[key] = value.detach().to("cpu", torch.float64).clone()
         self._attach_state(state, started)
 
+    def member_rows(self, flat: Tensor) -> Tensor:
+        """A ``(D, N)`` buffer as ``(N, D)``: row k is member k (a view)."""
+        return flat.T
+
     def _views(self, flat: Tensor) -> list[Tensor]:
-        if self.members is not None:  # a block of columns of the (N, D) buffer
+        if self.members is not None:  # a block of rows of the (D, N) buffer, transposed
             n = self.members
             return [
-                flat[:, o : o + p.numel() // n].view(p.shape)
+                flat[o : o + p.numel() // n].T.view(p.shape)
                 for p, o in zip(self.params, self.offsets, strict=True)
             ]
         return [
@@ -116,13 +127,11 @@ class FlatBucket:
             for p, o in zip(self.params, self.offsets, strict=True)
         ]
 
-    def chunks(self, size: int) -> list[Any]:
-        """Indices that cut the buffers into pieces of about ``size`` elements (by columns
-        for a member bucket, so that every piece holds all the members' rows)."""
-        if self.members is None:
-            return [slice(start, start + size) for start in range(0, self.numel, size)]
-        width = max(1, size // self.members)
-        return [(slice(None), slice(start, start + width)) for start in range(0, self.width, width)]
+    def chunks(self, size: int) -> list[slice]:
+        """Slices that cut the buffers into contiguous pieces of about ``size`` elements (whole
+        rows of a member bucket's ``(D, N)``, so that the ``(1, N)`` coefficients apply)."""
+        step = size if self.members is None else max(1, size // self.members)
+        return [slice(start, start + step) for start in range(0, self.width, step)]
 
     def _attach_state(self, state: dict[Tensor, dict[str, Any]], started: bool) -> None:
         """Make ``state[p][key]`` views into flat storage, copying in what is already there."""
@@ -148,7 +157,7 @@ class FlatBucket:
         return list(map(Tensor.data_ptr, self._sized)) == self._pointers
 
     def _remember_layout(self) -> None:
-        size = self.param.element_size()
+        size = self.param.element_size() * (self.members or 1)  # bytes per offset
         base = self.param.data_ptr()
         pairs = [(p, o) for p, o in zip(self.params, self.offsets, strict=True) if p.numel()]
         self._sized = [p for p, _ in pairs]

@@ -172,8 +172,11 @@ def per_member_state(value: Tensor, n: int) -> Tensor:
     return value.expand(n).clone() if value.dim() == 0 else value
 
 
-def pack(numbers: Sequence[Any], n: int, device: torch.device, dtype: torch.dtype) -> list:
-    """Numbers and ``(N,)`` tensors as ``(N, 1)`` tensors in ``dtype`` on ``device``.
+def pack(
+    numbers: Sequence[Any], n: int, device: torch.device, dtype: torch.dtype, shape: tuple
+) -> list:
+    """Numbers and ``(N,)`` tensors as tensors of ``shape`` (N elements, e.g. ``(1, N)``) in
+    ``dtype`` on ``device``.
 
     Always tensors of one shape, whatever is per member and whatever is not, so that a
     compiled kernel sees the same graph when values (or their per-member-ness) change. Host
@@ -189,10 +192,10 @@ def pack(numbers: Sequence[Any], n: int, device: torch.device, dtype: torch.dtyp
             stacked = stacked.pin_memory()
         moved = stacked.to(device, non_blocking=True)
         for i, row in zip(host, moved.unbind(), strict=True):
-            out[i] = row.view(n, 1)
+            out[i] = row.view(shape)
     for i, x in enumerate(numbers):
         if out[i] is None:
-            out[i] = x.to(device, dtype).expand(n).reshape(n, 1)
+            out[i] = x.to(device, dtype).expand(n).reshape(shape)
     return out
 
 

@@ -53,20 +53,27 @@ def _number(value: Any, key: str, member: int | None) -> float:
     return float(value)
 
 
+def _entries(group: Mapping[str, Any], key: str) -> list[tuple[Any, int | None]]:
+    # One value per member only in a member group; elsewhere a tensor is just not a number.
+    if group.get("members") is None:
+        return [(group[key], None)]
+    return entries(group[key])
+
+
 def check_nonnegative(group: Mapping[str, Any], key: str) -> None:
-    for value, member in entries(group[key]):
+    for value, member in _entries(group, key):
         if not _number(value, key, member) >= 0 or math.isinf(value):
             raise ValueError(f"{key} must be a finite number >= 0, got {value!r}{_of(member)}")
 
 
 def check_positive(group: Mapping[str, Any], key: str) -> None:
-    for value, member in entries(group[key]):
+    for value, member in _entries(group, key):
         if not _number(value, key, member) > 0 or math.isinf(value):
             raise ValueError(f"{key} must be a finite number > 0, got {value!r}{_of(member)}")
 
 
 def check_unit_interval(group: Mapping[str, Any], key: str, *, closed: bool = False) -> None:
-    for value, member in entries(group[key]):
+    for value, member in _entries(group, key):
         number = _number(value, key, member)
         if not (0 <= number <= 1 if closed else 0 <= number < 1):
             interval = "[0, 1]" if closed else "[0, 1)"
@@ -78,13 +85,14 @@ def check_betas(group: Mapping[str, Any]) -> None:
     if not isinstance(betas, tuple | list) or len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
     for name, beta in zip(("beta1", "beta2"), betas, strict=True):
-        check_unit_interval({f"betas[{name}]": beta}, f"betas[{name}]")
+        key = f"betas[{name}]"
+        check_unit_interval({key: beta, "members": group.get("members")}, key)
 
 
 def paired(group: Mapping[str, Any], *keys: str) -> list[tuple[tuple[float, ...], int | None]]:
     """``(values of keys, member)`` side by side, member by member where any is per member
     (a number then stands for every member); one ``(values, None)`` otherwise."""
-    columns = [entries(group[key]) for key in keys]
+    columns = [_entries(group, key) for key in keys]
     n = max(len(c) for c in columns)
     if n == 1:
         return [(tuple(c[0][0] for c in columns), None)]
