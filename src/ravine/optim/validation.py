@@ -99,6 +99,15 @@ def paired(group: Mapping[str, Any], *keys: str) -> list[tuple[tuple[float, ...]
     return [(tuple(c[k if len(c) > 1 else 0][0] for c in columns), k) for k in range(n)]
 
 
+def _numbers(group: Mapping[str, Any], *keys: str) -> list[tuple[tuple[float, ...], int | None]]:
+    # What check_arithmetic reads: only numbers (a custom chain may leave a key unchecked).
+    return [
+        (values, member)
+        for values, member in paired(group, *keys)
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    ]
+
+
 def check_arithmetic(group: Mapping[str, Any], compute_dtype: Callable[[Tensor], torch.dtype]):
     """Refuse values that round to 0 or overflow in the dtype the update is computed in.
 
@@ -128,7 +137,7 @@ def check_arithmetic(group: Mapping[str, Any], compute_dtype: Callable[[Tensor],
     compute = min({compute_dtype(p) for p in params}, key=lambda d: torch.finfo(d).max)
     grads = min({p.dtype for p in params}, key=lambda d: torch.finfo(d).max)
     big = torch.finfo(compute).max
-    for (lr,), member in paired(group, "lr"):
+    for (lr,), member in _numbers(group, "lr"):
         if lr > big:
             raise ValueError(
                 f"lr={lr!r}{_of(member)} overflows {_name(compute)} (largest finite {big:.4g})"
@@ -139,7 +148,7 @@ def check_arithmetic(group: Mapping[str, Any], compute_dtype: Callable[[Tensor],
         _check_weight_decay(group, compute)
     if group.get("clip_value") is not None:
         largest = torch.finfo(grads).max
-        for (clip,), member in paired(group, "clip_value"):
+        for (clip,), member in _numbers(group, "clip_value"):
             if clip > largest:
                 raise ValueError(
                     f"clip_value={clip!r}{_of(member)} is beyond {_name(grads)}'s range "
@@ -148,7 +157,7 @@ def check_arithmetic(group: Mapping[str, Any], compute_dtype: Callable[[Tensor],
 
 
 def _check_eps(group: Mapping[str, Any], held: torch.dtype) -> None:
-    for (eps,), member in paired(group, "eps"):
+    for (eps,), member in _numbers(group, "eps"):
         if eps > 0 and torch.tensor(eps, dtype=torch.float64).to(held).item() == 0:
             tiny = torch.finfo(held).smallest_normal * torch.finfo(held).eps
             raise ValueError(
@@ -160,7 +169,7 @@ def _check_eps(group: Mapping[str, Any], held: torch.dtype) -> None:
 def _check_weight_decay(group: Mapping[str, Any], compute: torch.dtype) -> None:
     big = torch.finfo(compute).max
     decoupled = bool(group.get("decoupled_weight_decay", False))
-    for (lr, wd), member in paired(group, "lr", "weight_decay"):
+    for (lr, wd), member in _numbers(group, "lr", "weight_decay"):
         if wd > big or lr * wd > big:
             raise ValueError(
                 f"weight_decay={wd!r}{_of(member)} overflows {_name(compute)} with lr={lr!r} "
