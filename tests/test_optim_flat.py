@@ -4,6 +4,7 @@ and fallbacks, and no recompilation when hyperparameters change."""
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
@@ -393,3 +394,34 @@ def test_sparse_gradients_get_a_clear_error(engine):
     w.grad = torch.sparse_coo_tensor(indices, values, (4,), check_invariants=True)
     with pytest.raises(ValueError, match="sparse"):
         opt.step()
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["host-branch", "sync-free"])
+def test_nonfinite_skip_keeps_nadams_scalar_state_on_the_flat_engine(guarded):
+    # A refused sync-free step used to commit NAdam's new mu_product (review finding).
+    params = _model(6)
+    opt = ro.NAdam(params, lr=0.01, nonfinite="skip", engine="flat", compile=False)
+    opt._force_guarded = guarded
+    _assert_poisoned_step_is_refused(opt, params, (3, (0, 0, 0)), float("nan"))
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("engine", ["simple", "flat"])
+def test_a_copied_optimizer_keeps_its_chain_and_steps_like_the_original(engine, how):
+    # torch.optim's __getstate__ keeps only defaults, state and groups: a copy had no chain.
+    params = _model(11)
+    opt = ro.NAdam(_groups(params), lr=0.01, nonfinite="skip", engine=engine, compile=False)
+    _run(opt, params, 2)
+    if how == "deepcopy":
+        clone = copy.deepcopy(opt)
+    else:
+        buffer = io.BytesIO()
+        torch.save(opt, buffer)
+        buffer.seek(0)
+        clone = torch.load(buffer, weights_only=False)
+    copies = [p for group in clone.param_groups for p in group["params"]]
+    assert clone.engine == engine and clone.nonfinite == "skip"
+    _run(opt, params, 3)
+    _run(clone, copies, 3)
+    for a, b in zip(params, copies, strict=True):
+        assert a is not b and torch.equal(a, b)

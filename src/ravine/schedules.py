@@ -11,6 +11,12 @@ update ``group["lr"]`` from its previous value. The closed form is why
 * a schedule can be read without stepping it (:func:`lr_sequence`, for plots);
 * float error does not accumulate over long runs.
 
+A group's lr may be a 1-D tensor, one lr per member (``members=N`` in a ravine optimizer,
+see ``ravine.optim.members``): its base lr is then that tensor, every formula applies
+elementwise, member k's lrs are the schedule's lrs for base lr ``lr[k]`` exactly, and the
+group's lr tensor is updated in place. Base lrs of such groups are read from the group's
+``initial_lr``, so an optimizer's ``keep_members`` carries over to its schedules.
+
 Each schedule's lrs equal torch's closed form of the same schedule bit for bit, and the
 sequence torch's chainable ``step()`` produces to within float rounding (``tests/test_schedules.py``).
 
@@ -94,11 +100,23 @@ def _per_group(
 
 
 def _set_group_value(group: dict[str, Any], key: str, value: Any) -> None:
-    # a Tensor lr (capturable/compiled optimizers) must be updated in place, never rebound
-    if isinstance(group[key], torch.Tensor):
-        group[key].fill_(float(value))
+    # a Tensor lr (capturable/compiled optimizers, per-member lrs) is updated in place, never
+    # rebound: whoever holds it sees the new value
+    current = group[key]
+    if isinstance(current, torch.Tensor) and current.dim() > 0:
+        current.copy_(value)
+    elif isinstance(current, torch.Tensor):
+        current.fill_(float(value))
     else:
         group[key] = value
+
+
+def _copy(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def _per_member(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() > 0
 
 
 def _cosine(base_lr: float, eta_min: float, t: float, period: float) -> float:
@@ -121,10 +139,33 @@ class Schedule(LRScheduler):
     """
 
     def lr_at(self, step: int) -> list[float]:
-        """The lr of every param group at ``step``; pure: changes neither schedule nor optimizer."""
+        """The lr of every param group at ``step``; pure: changes neither schedule nor optimizer.
+
+        A group with one lr per member gets a tensor of them."""
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step!r}")
         return self._lrs(step)
+
+    def _base_lrs(self) -> list[Any]:
+        # Per-member base lrs are read from the groups' initial_lr, where the optimizer's
+        # keep_members shrinks them (self.base_lrs holds torch's copies from the start).
+        return [
+            group["initial_lr"] if _per_member(base) and "initial_lr" in group else base
+            for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True)
+        ]
+
+    def step(self, epoch: int | None = None) -> None:
+        groups = self.optimizer.param_groups
+        if epoch is not None or not any(_per_member(g["lr"]) for g in groups):
+            return super().step(epoch)
+        # torch writes a tensor lr with fill_ (one number); a per-member lr is copied in.
+        self._step_count += 1
+        self.last_epoch += 1
+        for group, lr in zip(groups, self.get_lr(), strict=True):
+            _set_group_value(group, "lr", lr)
+        self._last_lr = [
+            g["lr"].clone() if isinstance(g["lr"], torch.Tensor) else g["lr"] for g in groups
+        ]
 
     def _lrs(self, step: int) -> list[float]:
         raise NotImplementedError
@@ -178,7 +219,7 @@ class Constant(Schedule):
         super().__init__(optimizer)
 
     def _lrs(self, step: int) -> list[float]:
-        return [base_lr * self.factor for base_lr in self.base_lrs]
+        return [base_lr * self.factor for base_lr in self._base_lrs()]
 
 
 class Step(Schedule):
@@ -208,7 +249,7 @@ class Step(Schedule):
         super().__init__(optimizer)
 
     def _lrs(self, step: int) -> list[float]:
-        return [base_lr * self.gamma ** (step // self.step_size) for base_lr in self.base_lrs]
+        return [base_lr * self.gamma ** (step // self.step_size) for base_lr in self._base_lrs()]
 
 
 class Exponential(Schedule):
@@ -237,7 +278,7 @@ class Exponential(Schedule):
         super().__init__(optimizer)
 
     def _lrs(self, step: int) -> list[float]:
-        return [base_lr * self.gamma**step for base_lr in self.base_lrs]
+        return [base_lr * self.gamma**step for base_lr in self._base_lrs()]
 
 
 class Cosine(Schedule):
@@ -274,7 +315,7 @@ class Cosine(Schedule):
 
     def _lrs(self, step: int) -> list[float]:
         t = min(step, self.t_max)
-        return [_cosine(base_lr, self.eta_min, t, self.t_max) for base_lr in self.base_lrs]
+        return [_cosine(base_lr, self.eta_min, t, self.t_max) for base_lr in self._base_lrs()]
 
 
 class CosineWarmRestarts(Schedule):
@@ -325,7 +366,7 @@ class CosineWarmRestarts(Schedule):
 
     def _lrs(self, step: int) -> list[float]:
         t_cur, t_i = self.cycle(step)
-        return [_cosine(base_lr, self.eta_min, t_cur, t_i) for base_lr in self.base_lrs]
+        return [_cosine(base_lr, self.eta_min, t_cur, t_i) for base_lr in self._base_lrs()]
 
 
 class LinearWarmup(Schedule):
@@ -387,11 +428,11 @@ class LinearWarmup(Schedule):
     def _lrs(self, step: int) -> list[float]:
         if step >= self.warmup_steps:
             if self.then is None:
-                return list(self.base_lrs)
+                return [_copy(base_lr) for base_lr in self._base_lrs()]
             return self.then._lrs(step - self.warmup_steps)
         # torch LinearLR's closed-form operation order, for bitwise agreement
         frac = self.start_factor + (1.0 - self.start_factor) * step / self.warmup_steps
-        return [base_lr * frac for base_lr in self.base_lrs]
+        return [base_lr * frac for base_lr in self._base_lrs()]
 
     def _on_step(self, step: int) -> None:
         if self.then is not None and step >= self.warmup_steps:
@@ -550,7 +591,7 @@ class OneCycle(Schedule):
         path = ((0, 1), (1, 0), (0, 2)) if self.three_phase else ((0, 1), (1, 2))
         a, b = path[phase]
         lrs = []
-        for peak in self.max_lrs if self.max_lrs is not None else self.base_lrs:
+        for peak in self.max_lrs if self.max_lrs is not None else self._base_lrs():
             start = peak / self.div_factor
             points = (start, peak, start / self.final_div_factor)
             lrs.append(self._anneal(points[a], points[b], pct))
@@ -572,7 +613,13 @@ class OneCycle(Schedule):
             return
         for group, m in zip(self.optimizer.param_groups, self.momentum_at(step), strict=True):
             if "betas" in group:
-                group["betas"] = (m, *group["betas"][1:])
+                beta1, *rest = group["betas"]
+                if _per_member(beta1):  # every member cycles alike, in place
+                    beta1.fill_(m)
+                    m = beta1
+                group["betas"] = (m, *rest)
+            elif _per_member(group["momentum"]):
+                group["momentum"].fill_(m)
             else:
                 group["momentum"] = m
 

@@ -37,16 +37,29 @@ def bias_correction(beta: float, step: float | Tensor) -> float | Tensor:
     return 1 - beta**step
 
 
-def global_norm(tensors: Sequence[Tensor]) -> Tensor:
+def global_norm(tensors: Sequence[Tensor], members: int | None = None) -> Tensor:
     """The 2-norm of all ``tensors`` seen as one vector, as a 0-dim tensor (no host sync).
 
+    With ``members=N`` the tensors are stacked ``(N, ...)`` and the result is ``(N,)``: member
+    k's norm over row k of every tensor, what ``global_norm`` of member k's tensors alone gives.
     Norms are accumulated in float32 or wider so that bf16 gradients do not overflow the sum.
     """
     if not tensors:
-        return torch.zeros(())
+        return torch.zeros(() if members is None else (members,))
     device = tensors[0].device
-    norms = [torch.linalg.vector_norm(t, dtype=_accumulation_dtype(t.dtype)) for t in tensors]
-    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+    if members is None:
+        norms = [torch.linalg.vector_norm(t, dtype=_accumulation_dtype(t.dtype)) for t in tensors]
+        return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]))
+    norms = [
+        torch.linalg.vector_norm(rows(t, members), dim=1, dtype=_accumulation_dtype(t.dtype))
+        for t in tensors
+    ]
+    return torch.linalg.vector_norm(torch.stack([n.to(device) for n in norms]), dim=0)
+
+
+def rows(t: Tensor, members: int) -> Tensor:
+    """``t`` ``(N, ...)`` as ``(N, elements per member)``; a view wherever the rows allow it."""
+    return t.reshape(members, t.numel() // members)
 
 
 def clip_coefficient(total_norm: Tensor, max_norm: float) -> Tensor:
@@ -58,26 +71,53 @@ def clip_coefficient(total_norm: Tensor, max_norm: float) -> Tensor:
     return torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
 
 
-def finite_flags(tensors: Sequence[Tensor]) -> Tensor:
+def finite_flags(tensors: Sequence[Tensor], members: int | None = None) -> Tensor:
     """``(len(tensors),)`` bool tensor: True where a tensor has no NaN or ±Inf (no host sync).
+
+    With ``members=N`` (stacked ``(N, ...)`` tensors), ``(len(tensors), N)``: per member row.
 
     Read through ``aminmax``: NaN propagates to both extremes and an infinity is one of them,
     so the two extremes being finite is exact, and one reduction pass costs a fraction of
     ``isfinite(t).all()``, which writes and rereads a full-size boolean mask (20x slower on
     a CPU).
     """
+    shape = (2,) if members is None else (2, members)
     if not tensors:
-        return torch.ones(0, dtype=torch.bool)
+        return torch.ones((0, *shape[1:]), dtype=torch.bool)
     device = tensors[0].device
     flags = [
         # Checked on the tensor's own device and in its own dtype, then gathered: no cast that
         # could overflow a finite float64 extreme, no float64 on a device without it.
-        torch.isfinite(torch.stack(torch.aminmax(t))).to(device)
+        torch.isfinite(torch.stack(_extremes(t, members))).to(device)
         if t.numel()
-        else torch.ones(2, dtype=torch.bool, device=device)
+        else torch.ones(shape, dtype=torch.bool, device=device)
         for t in tensors
     ]
-    return torch.stack(flags).all(dim=1)  # (n, 2): min and max of each tensor finite
+    return torch.stack(flags).all(dim=1)  # (n, 2[, N]): min and max of each tensor (row) finite
+
+
+def _extremes(t: Tensor, members: int | None) -> tuple[Tensor, Tensor]:
+    return torch.aminmax(t) if members is None else torch.aminmax(rows(t, members), dim=1)
+
+
+def add_eps(denominator: Tensor, eps: float | Tensor) -> Tensor:
+    """``denominator + eps``, the divisor of an adaptive step, never 0.
+
+    In 16-bit types an ``eps`` below the smallest subnormal (float16: ``2**-24``, so Adam's
+    default 1e-8) rounds away, and a gradient that is exactly zero turns into ``0/0 = NaN``
+    (torch.optim does the same). There the sum is floored at that smallest subnormal: a value
+    changes only where it was 0, that is, where the step would have divided by zero.
+    """
+    total = denominator + eps
+    if total.dtype in (torch.float16, torch.bfloat16):
+        return total.clamp_min(_SMALLEST_SUBNORMAL[total.dtype])
+    return total
+
+
+_SMALLEST_SUBNORMAL = {
+    dtype: torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps
+    for dtype in (torch.float16, torch.bfloat16)
+}
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

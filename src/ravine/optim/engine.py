@@ -24,11 +24,18 @@ every step, so the update is computed unconditionally and committed through
 without the host ever waiting. In ``"raise"`` mode the flag is copied to the host
 asynchronously and the error is raised at the start of the next ``step()`` (or by
 :meth:`ChainOptimizer.check_finite`), by which time the copy has long landed.
+
+Members (``members=N`` in a param group, see ``members.py``): the group's parameters are N
+stacked copies ``(N, ...)`` and row k is updated exactly as member k's own optimizer would
+update it. Per member: hyperparameters (a number or N of them), step counts, clipping by
+value and by member k's own global norm over all its rows, and the NaN/Inf guard — with
+``"skip"`` only the members with a non-finite gradient are refused (their rows, state and step
+counts unchanged; :attr:`ChainOptimizer.refused_members`), with ``"raise"`` the whole step is
+refused and the error names the members. :meth:`ChainOptimizer.keep_members` prunes members.
 """
 
 from __future__ import annotations
 
-import math
 import operator
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -37,9 +44,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ravine.optim._math import clip_coefficient, finite_flags, global_norm
+from ravine.optim import members as M
+from ravine.optim._math import clip_coefficient, finite_flags, global_norm, rows
 from ravine.optim.flat import FlatBucket, FusedKernels, Unflattenable, fused_update
 from ravine.optim.transforms import Transform
+from ravine.optim.validation import (
+    check_arithmetic,
+    check_betas,
+    check_flags,
+    check_nonnegative,
+    check_positive,
+    check_unit_interval,
+    is_bool,
+)
+
+__all__ = [
+    "COMMON_HYPERPARAMS",
+    "ENGINES",
+    "NONFINITE_POLICIES",
+    "ChainOptimizer",
+    "NonFiniteGradientError",
+    "check_betas",
+    "check_nonnegative",
+    "check_positive",
+    "check_unit_interval",
+]
 
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
 ENGINES = ("simple", "flat")
@@ -51,7 +80,27 @@ COMMON_HYPERPARAMS: Mapping[str, Any] = {
     "maximize": False,
     "max_grad_norm": None,  # clip the global gradient norm to this (None: off)
     "clip_value": None,  # clip every gradient element to [-clip_value, clip_value] (None: off)
+    "members": None,  # N: the group's parameters are N stacked copies (N, ...) (members.py)
 }
+_CPU = torch.device("cpu")
+#: ChainOptimizer attributes that pickling and deepcopy carry (see ``__getstate__``).
+_PICKLED = (
+    "transforms",
+    "nonfinite",
+    "engine",
+    "state_dtype",
+    "_numeric",
+    "_flags",
+    "_scalar_keys",
+    "_members",
+    "_member_skipped",
+    "_refused",
+    "_skipped_host",
+    "_skipped_device",
+    "_pending_check",
+    "_force_guarded",
+    "_fallback_warned",
+)
 
 
 class NonFiniteGradientError(FloatingPointError):
@@ -75,11 +124,16 @@ class ChainOptimizer(torch.optim.Optimizer):
         params: parameters or param-group dicts, as for any torch optimizer.
         transforms: the chain of stages, applied in order.
         nonfinite: what to do with a NaN/Inf gradient: ``"raise"``, ``"skip"`` or ``"ignore"``.
+            In a member group, per member (see the module docstring).
         engine: ``"simple"`` (per tensor) or ``"flat"`` (contiguous storage, one fused pass).
         compile: with the flat engine, compile the pass with ``torch.compile``.
         state_dtype: e.g. ``torch.float32`` for bf16/fp16 parameters: state is kept and the
             update computed in this dtype (None: the parameters' dtype).
         **hyperparams: defaults for the param groups; the stages' own defaults fill the rest.
+            ``members=N`` makes every group a member group (or set it per group dict; all
+            groups must agree): parameters ``(N, ...)``, and any numeric hyperparameter a
+            number or N of them (a 1-D tensor or a sequence; ``betas`` a pair whose entries
+            may each be either). Stored as ``(N,)`` float64 host tensors in the groups.
     """
 
     def __init__(
@@ -111,7 +165,16 @@ class ChainOptimizer(torch.optim.Optimizer):
                 f"{type(self).__name__} got unexpected hyperparameter(s) "
                 f"{', '.join(sorted(unknown))}; valid: {', '.join(sorted(defaults))}"
             )
+        # (from the stages' own defaults: the values given may be per member)
+        self._numeric = M.numeric_keys(defaults)
+        self._flags = {k: v for k, v in defaults.items() if isinstance(v, bool)}
+        self._scalar_keys = _scalar_state_keys(self.transforms, defaults)
         defaults.update(hyperparams)
+        if not is_bool(compile):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
+        self._members: int | None = None
+        self._member_skipped: Tensor | None = None  # (N,) steps refused, per member
+        self._refused: Tensor | None = None  # (N,) members refused on the last checked step
         self._skipped_host = 0
         self._skipped_device: Tensor | None = None
         self._pending_check: tuple[Tensor, Any, list] | None = None
@@ -128,7 +191,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._buckets: list[FlatBucket] | None = None
         self._bucket_key: list | None = None
         self._bucket_members: list[list[Tensor]] | None = None
-        self._kernels = FusedKernels(compile=compile)
+        self._kernels = FusedKernels(compile=bool(compile))
         self._fallback_warned = False
         super().__init__(params, defaults)
 
@@ -136,7 +199,48 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
-        self.validate_group(self.param_groups[-1])
+        group = self.param_groups[-1]
+        try:
+            self._prepare_group(group)
+            self.validate_group(group)
+            check_arithmetic(group, self._compute_dtype)
+        except Exception:
+            self.param_groups.pop()  # a refused group is not kept
+            raise
+        self._members = group["members"]
+
+    def _prepare_group(self, group: dict[str, Any]) -> None:
+        """Flags as bools; for a member group, its shape checked and per-member values
+        normalized (``members.normalize``)."""
+        check_flags(group, self._flags)
+        n = M.check_members(group.get("members"))
+        others = {g.get("members") for g in self.param_groups if g is not group}
+        if others and others != {n}:
+            raise ValueError(
+                f"members must be the same in every param group, got {others.pop()!r} and {n!r}"
+            )
+        if n is not None:
+            M.check_leading_dimension(group, n)
+            M.normalize(group, self._numeric, n)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim keeps only defaults, state and param groups, which would leave a copy
+        # without its chain. ravine's attributes travel too; compiled kernels and the flat
+        # layout are rebuilt by the copy (its parameters are copies), and a deferred NaN
+        # check is waited for, since its CUDA event cannot be copied.
+        state = super().__getstate__()
+        self._wait_for_pending_check()
+        for key in _PICKLED:
+            state[key] = self.__dict__[key]
+        state["_kernels"] = FusedKernels(self._kernels.compile, self._kernels.backend)
+        state["_buckets"] = state["_bucket_key"] = state["_bucket_members"] = None
+        return state
+
+    def _wait_for_pending_check(self) -> None:
+        if self._pending_check is not None and self._pending_check[1] is not None:
+            flags, event, work = self._pending_check
+            event.synchronize()
+            self._pending_check = (flags, None, work)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # load_state_dict goes through here; a state dict saved by torch.optim (or an older
@@ -145,6 +249,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
+        if "_members" in self.__dict__:  # (unpickling restores it with everything else)
+            self._members = self.param_groups[0]["members"] if self.param_groups else None
 
     def validate_group(self, group: Mapping[str, Any]) -> None:
         """Raise ``ValueError`` naming the hyperparameter if ``group`` holds an invalid value."""
@@ -189,6 +295,9 @@ class ChainOptimizer(torch.optim.Optimizer):
                     self._fallback_warned = True
         for p in (p for _, params in work for p in params):
             _check_supported(p)  # (the flat engine checks as gradients enter its buffers)
+        if self._members is not None:
+            self._members_step(work, grads, guarded)
+            return loss
 
         finite = flags = None
         if self.nonfinite != "ignore":
@@ -232,6 +341,119 @@ class ChainOptimizer(torch.optim.Optimizer):
             self._after_guarded_step(finite, flags, work)
         return loss
 
+    def _members_step(self, work: list, grads: list[Tensor], guarded: bool) -> None:
+        """The simple engine's step over member groups: row k as member k's own optimizer."""
+        n = self._members
+        finite, flags = self._member_finite(grads, work, guarded)
+        clipped = [M.clamp(p.grad, group["clip_value"]) for group, params in work for p in params]
+        norms = None
+        if any(group["max_grad_norm"] is not None for group, _ in work):
+            norms = global_norm(clipped, members=n)  # (N,): each member's own norm
+        index = 0
+        for group, params in work:
+            scale = None
+            if group["max_grad_norm"] is not None:
+                max_norm = M.on_device(group["max_grad_norm"], norms.device)
+                scale = clip_coefficient(norms, max_norm)  # (N,)
+            chain = [(s, s.flags(group)) for s in self.transforms if s.active(group)]
+            views: dict[torch.device, dict] = {}  # the group as coefficients() reads it
+            for p in params:
+                grad = clipped[index]
+                index += 1
+                if scale is not None:
+                    grad = grad * M.column(scale, grad, grad.dtype)
+                if group["maximize"]:
+                    grad = -grad
+                device = p.device if finite is not None else _CPU
+                if device not in views:
+                    views[device] = M.group_on(group, device)
+                self._update_members(p, grad, views[device], chain, finite)
+        if guarded:
+            self._after_guarded_step(finite, flags, work)
+
+    def _member_finite(
+        self, tensors: list[Tensor], work: list, guarded: bool
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """``(commit, flags)``: the ``(N,)`` mask of members whose rows this step updates (None:
+        all of them) and the ``(len(tensors), N)`` finite flags (None: no check)."""
+        if self.nonfinite == "ignore":
+            return None, None
+        n = self._members
+        flags = finite_flags(tensors, members=n)
+        finite = flags.all(dim=0)  # (N,)
+        self._refused = ~finite
+        if guarded:
+            # No branch: "skip" refuses the members, "raise" the whole step (and raises later).
+            return (finite.all().expand(n) if self.nonfinite == "raise" else finite), flags
+        if bool(finite.all()):
+            return None, flags
+        if self.nonfinite == "raise":
+            raise NonFiniteGradientError(self._describe_nonfinite(work))
+        self._skipped_host += 1
+        self._add_member_skips(~finite)
+        return finite, flags  # the other members' rows are committed through torch.where
+
+    def _update_members(
+        self,
+        p: Tensor,
+        grad: Tensor,
+        group: Mapping[str, Any],
+        chain: list[tuple[Transform, dict[str, bool]]],
+        commit: Tensor | None,
+    ) -> None:
+        """``_update_parameter`` for a member parameter ``(N, ...)``: the same stages, with
+        ``(N,)`` coefficients shaped ``(N, 1, ..., 1)``; rows not in ``commit`` stay as
+        they were."""
+        state = self.state[p]
+        target = p
+        compute = self._compute_dtype(p)
+        if compute != p.dtype:
+            p, grad = p.detach().to(compute), grad.to(compute)
+        n = p.shape[0]
+        if "step" not in state:
+            state["step"] = torch.full((n,), 1.0 if state else 0.0, dtype=_step_dtype())
+            init_group = M.shaped_group(group, p)
+            for stage, _ in chain:
+                for key, value in stage.init(p, init_group).items():
+                    state.setdefault(key, M.per_member_state(value, n))
+        # Coefficients are worked out where the step count is: on the host, or on the device
+        # when rows are committed without a host sync.
+        device = p.device if commit is not None else _CPU
+        wide = torch.float32 if device.type == "mps" else torch.float64
+        previous = state["step"]
+        step = previous.to(device, wide) + 1  # (N,)
+        for key in self._scalar_keys & state.keys():
+            state[key] = state[key].to(device)
+        # In the compute dtype: (N, 1, ...) coefficients take part in type promotion (and
+        # lerp takes no weight of another dtype). In 16 bits they round as the arithmetic on
+        # them does anyway; for a scalar, 0-dim or Python, torch keeps float32 digits.
+        dtype = compute
+        u, new_state = grad, {}
+        view = _ChainedState(state, new_state)
+        for stage, flags in chain:
+            coefficients, scalars = stage.coefficients(group, step, view)
+            new_state.update(scalars)
+            shaped = {k: M.column(v, p, dtype) for k, v in coefficients.items()}
+            u, produced = stage.apply(u, p, view, shaped, flags)
+            new_state.update(produced)
+        updated = p - M.column(group["lr"], p, dtype) * u
+        if commit is None:
+            target.copy_(updated)
+            state.update(new_state)
+            state["step"] = step.to(previous.dtype)
+            return
+        keep = commit.to(p.device)
+        target.copy_(torch.where(keep.view(-1, *[1] * (p.dim() - 1)), updated, p))
+        for key, value in new_state.items():
+            old = state.get(key)
+            if old is None:  # (absent state means zeros to every stage, see transforms._state)
+                old = torch.zeros_like(value)
+            mask = commit.to(value.device).view(-1, *[1] * (value.dim() - 1))
+            state[key] = torch.where(mask, value, old)
+        state["step"] = torch.where(commit.to(device), step, previous.to(device, wide)).to(
+            previous.dtype
+        )
+
     # -- the flat engine --------------------------------------------------------------------
 
     def _flat_buckets(self, work: list) -> list[FlatBucket]:
@@ -274,6 +496,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                     self.state,
                     _step_dtype(),
                     state_dtype=self._compute_dtype(members[0]),
+                    members=self._members,
                 )
                 bucket.group = group
                 buckets.append(bucket)
@@ -282,6 +505,9 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def _flat_step(self, work: list, guarded: bool) -> None:
         buckets = self._flat_buckets(work)
+        if self._members is not None:
+            self._flat_members_step(buckets, work, guarded)
+            return
         finite = flags = None
         per_param = guarded and self.nonfinite == "raise"
         if self.nonfinite != "ignore":
@@ -313,22 +539,49 @@ class ChainOptimizer(torch.optim.Optimizer):
             work = [(b.group, b.params) for b in buckets]
             self._after_guarded_step(finite, flags, work)
 
+    def _flat_members_step(self, buckets: list[FlatBucket], work: list, guarded: bool) -> None:
+        # One reduction per bucket, over its (N, D) rows view, gives every member's flags and
+        # norms; per parameter only where an error will name them.
+        per_param = guarded and self.nonfinite == "raise"
+        tensors = [p.grad for b in buckets for p in b.params] if per_param else None
+        grads = [b.member_rows(b.grad) for b in buckets]
+        finite, flags = self._member_finite(tensors or grads, work, guarded)
+        norms = None
+        if any(b.group["max_grad_norm"] is not None for b in buckets):
+            clipped = [
+                M.clamp(g, b.group["clip_value"]) for g, b in zip(grads, buckets, strict=True)
+            ]
+            norms = global_norm(clipped, members=self._members)  # (N,)
+        for bucket in buckets:
+            self._flat_update(bucket, norms, finite)
+        if guarded:
+            if not per_param:
+                flags = torch.cat(
+                    [f.expand(len(b.params), -1) for f, b in zip(flags, buckets, strict=True)]
+                )
+            self._after_guarded_step(finite, flags, [(b.group, b.params) for b in buckets])
+
     def _flat_update(
         self, bucket: FlatBucket, total_norm: Tensor | None, finite: Tensor | None
     ) -> None:
-        group = bucket.group
+        group, n = bucket.group, bucket.members
         stages = [stage for stage in self.transforms if stage.active(group)]
         flags = [stage.flags(group) for stage in stages]
         if finite is None:
             bucket.step += 1
-            step: float | Tensor = bucket.step.item()
+            step: float | Tensor = (
+                bucket.step.item() if n is None else bucket.step.to(torch.float64)
+            )
         else:
             wide = torch.float32 if bucket.device.type == "mps" else torch.float64
             previous_step = bucket.step.to(bucket.device, wide)
             step = previous_step + 1
-        scalars_view = dict(bucket.scalars)
+        committed = dict(bucket.scalars)
         if finite is not None:
-            scalars_view = {k: v.to(bucket.device) for k, v in scalars_view.items()}
+            committed = {k: v.to(bucket.device) for k, v in committed.items()}
+        scalars_view = dict(committed)  # (a refused step keeps the committed values)
+        if n is not None:  # per-member values where the step count is
+            group = M.group_on(group, bucket.device if finite is not None else _CPU)
         coefficients, new_scalars = [], {}
         for stage in stages:
             c, produced = stage.coefficients(group, step, scalars_view)
@@ -338,7 +591,10 @@ class ChainOptimizer(torch.optim.Optimizer):
         numbers = [group["lr"]] + [v for c in coefficients for v in c.values()]
         if group["clip_value"] is not None:
             numbers.append(group["clip_value"])
-        if self._kernels.compiling or finite is not None:
+        if n is not None:
+            # (1, N) tensors, whatever is per member: new values never recompile.
+            packed = M.pack(numbers, n, bucket.device, bucket.compute_dtype, (1, n))
+        elif self._kernels.compiling or finite is not None:
             # A compiled kernel gets every number as a 0-dim tensor in the parameters' dtype:
             # values change every step (bias corrections, schedules) without recompiling.
             packed = _pack(numbers, bucket)
@@ -352,10 +608,16 @@ class ChainOptimizer(torch.optim.Optimizer):
             i += len(c)
         clip = rest[i] if group["clip_value"] is not None else None
         scale = None
-        if group["max_grad_norm"] is not None:
+        if group["max_grad_norm"] is not None and n is not None:
+            max_norm = M.on_device(group["max_grad_norm"], total_norm.device)
+            scale = clip_coefficient(total_norm, max_norm)  # (N,)
+            scale = M.pack([scale], n, bucket.device, bucket.compute_dtype, (1, n))[0]
+        elif group["max_grad_norm"] is not None:
             scale = clip_coefficient(total_norm, group["max_grad_norm"]).to(
                 bucket.device, bucket.compute_dtype
             )
+        if n is not None and finite is not None:
+            finite = finite.view(1, n)
         structure = (
             tuple(type(stage) for stage in stages),
             tuple(tuple(f.items()) for f in flags),
@@ -365,7 +627,9 @@ class ChainOptimizer(torch.optim.Optimizer):
             finite is not None,
             bucket.compute_dtype,
         )
-        kernel = self._kernels.get(structure, lambda: fused_update(stages, flags, *structure[2:]))
+        # Member kernels get their own code object (their coefficients are (1, N), not 0-dim).
+        key = structure if n is None else (*structure, "members")
+        kernel = self._kernels.get(key, lambda: fused_update(stages, flags, *structure[2:]))
         if bucket.numel == 0:
             pass  # nothing to compute (and nothing to compile); the step count still advances
         elif self._kernels.compiling:
@@ -374,12 +638,11 @@ class ChainOptimizer(torch.optim.Optimizer):
             # Eagerly, each operation of the chain makes a temporary: over cache-sized chunks
             # they stay in cache and the allocator reuses them, instead of faulting in fresh
             # pages for every full-length temporary.
-            for start in range(0, bucket.numel, EAGER_CHUNK):
-                end = start + EAGER_CHUNK
-                chunk_state = {k: v[start:end] for k, v in bucket.state.items()}
+            for chunk in bucket.chunks(EAGER_CHUNK):
+                chunk_state = {k: v[chunk] for k, v in bucket.state.items()}
                 kernel(
-                    bucket.param[start:end],
-                    bucket.grad[start:end],
+                    bucket.param[chunk],
+                    bucket.grad[chunk],
                     chunk_state,
                     tensors,
                     lr,
@@ -390,9 +653,11 @@ class ChainOptimizer(torch.optim.Optimizer):
         if finite is None:
             bucket.scalars.update(new_scalars)
         else:
+            if n is not None:
+                finite = finite.view(n)
             bucket.step = torch.where(finite, step, previous_step).to(bucket.step.dtype)
             for key, value in new_scalars.items():
-                bucket.scalars[key] = torch.where(finite, value, scalars_view[key])
+                bucket.scalars[key] = torch.where(finite, value, committed[key])
         if finite is not None or new_scalars:  # (else every state dict already holds them)
             for p in bucket.params:
                 self.state[p]["step"] = bucket.step
@@ -487,19 +752,72 @@ class ChainOptimizer(torch.optim.Optimizer):
                     continue
                 if not value.is_floating_point():
                     continue
-                if value.dim() == 0 and key in self._scalar_state_keys():
+                if key in self._scalar_keys:  # (0-dim, or (N,) in a member group)
                     self.state[p][key] = value.to("cpu", torch.float64)
                 elif self.state_dtype is not None:
                     self.state[p][key] = value.to(p.device, compute)
 
-    def _scalar_state_keys(self) -> set[str]:
-        probe = torch.zeros(1)
-        keys = set()
-        for stage in self.transforms:
-            for key, value in stage.init(probe, self.defaults).items():
-                if value.dim() == 0:
-                    keys.add(key)
-        return keys
+    # -- members -------------------------------------------------------------------------
+
+    @property
+    def members(self) -> int | None:
+        """N when the param groups are member groups (``members=N``), else None."""
+        return self._members
+
+    @property
+    def refused_members(self) -> Tensor | None:
+        """``(N,)`` bool: the members whose gradient held NaN/Inf on the last checked step.
+
+        With ``nonfinite="skip"`` exactly their rows were left unchanged; with ``"raise"`` the
+        whole step was refused and these are the members the error names. A device tensor on
+        the sync-free path (reading it does not wait). None before the first checked step of
+        a member optimizer, and with ``nonfinite="ignore"``.
+        """
+        return self._refused
+
+    @property
+    def skipped_steps_per_member(self) -> Tensor | None:
+        """``(N,)`` int64: how many steps each member had refused (``nonfinite="skip"``), None
+        until the first refusal. :attr:`skipped_steps` counts steps where any member was."""
+        return self._member_skipped
+
+    @torch.no_grad()
+    def keep_members(self, index: Tensor | Sequence[int]) -> None:
+        """Keep only the members ``index`` (kept member indices, in their new order), in place.
+
+        Every parameter of the member groups is rebound to its kept rows (``p.data =
+        p.data[index]``: the caller's Parameter objects stay the same objects, their data is a
+        new, smaller tensor), and so are their gradients, every state tensor, the per-member
+        step counts and hyperparameters (``initial_lr`` of a schedule included) and the
+        per-member counters. The pruned members stop costing compute; the survivors continue
+        exactly as if nothing had happened (the flat engine rebuilds its storage at the next
+        step). A refused step's deferred error is raised first (:meth:`check_finite`).
+        """
+        n = self._members
+        if n is None:
+            raise ValueError("keep_members needs member groups (members=N)")
+        index = _member_index(index, n)
+        self.check_finite()
+        for group in self.param_groups:
+            for p in group["params"]:
+                self._keep_rows(p, index, n)
+            for key, value in group.items():
+                if key not in ("params", "param_names"):
+                    group[key] = M.take(value, index, n)
+            group["members"] = len(index)
+        self._member_skipped = M.take(self._member_skipped, index, n)
+        self._refused = M.take(self._refused, index, n)
+        self._members = len(index)
+        self._buckets = None
+
+    def _keep_rows(self, p: Tensor, index: Tensor, n: int) -> None:
+        grad = p.grad
+        p.data = p.data[index.to(p.device)]  # before the grad, whose shape must match it
+        if grad is not None:
+            p.grad = grad[index.to(grad.device)]
+        state = self.state.get(p)
+        for key, value in (state or {}).items():
+            state[key] = M.take(value, index, n)
 
     # -- NaN / Inf bookkeeping ---------------------------------------------------------------
 
@@ -521,6 +839,10 @@ class ChainOptimizer(torch.optim.Optimizer):
             event.synchronize()
         if bool(flags.all()):
             return
+        where = ""
+        if flags.dim() == 2:  # (params, N): a member optimizer names the members too
+            where = f" of members {_listed((~flags.all(dim=0)).nonzero().flatten().tolist())}"
+            flags = flags.all(dim=1)
         labels = [
             _param_label(group, p)
             for (group, p), ok in zip(
@@ -529,13 +851,17 @@ class ChainOptimizer(torch.optim.Optimizer):
             if not ok
         ]
         raise NonFiniteGradientError(
-            f"NaN or Inf in the gradients of {', '.join(labels)}; that step was refused on "
-            "the device (parameters and state unchanged)"
+            f"NaN or Inf in the gradients{where} of {', '.join(labels)}; that step was refused "
+            "on the device (parameters and state unchanged)"
         )
 
     def _after_guarded_step(self, finite: Tensor, flags: Tensor, work: list) -> None:
         if self.nonfinite == "skip":
-            refused = (~finite).to(torch.int64)
+            refused = ~finite
+            if refused.dim():  # members: each counts its own refusals
+                self._add_member_skips(refused)
+                refused = refused.any()
+            refused = refused.to(torch.int64)
             self._skipped_device = (
                 refused if self._skipped_device is None else self._skipped_device + refused
             )
@@ -551,16 +877,27 @@ class ChainOptimizer(torch.optim.Optimizer):
         else:
             self._pending_check = (flags.clone(), None, work)
 
+    def _add_member_skips(self, refused: Tensor) -> None:
+        counts = self._member_skipped
+        if counts is None:
+            counts = torch.zeros(refused.shape, dtype=torch.int64, device=refused.device)
+        self._member_skipped = counts.to(refused.device) + refused.to(torch.int64)
+
     def _describe_nonfinite(self, work: list) -> str:
-        bad = []
+        bad, members = [], set()
         for group, params in work:
             for p in params:
-                nan = int(torch.isnan(p.grad).sum())
-                inf = int(torch.isinf(p.grad).sum())
-                if nan or inf:
-                    bad.append(f"{_param_label(group, p)}: {nan} NaN, {inf} Inf")
+                grad = rows(p.grad, self._members or 1)
+                nans = torch.isnan(grad).sum(dim=1).tolist()
+                infs = torch.isinf(grad).sum(dim=1).tolist()
+                for k, (nan, inf) in enumerate(zip(nans, infs, strict=True)):
+                    if nan or inf:
+                        who = "" if self._members is None else f" member {k}"
+                        bad.append(f"{_param_label(group, p)}{who}: {nan} NaN, {inf} Inf")
+                        members.add(k)
+        where = "" if self._members is None else f" in members {_listed(members)}"
         return (
-            "non-finite gradient, step refused (parameters and state unchanged): "
+            f"non-finite gradient{where}, step refused (parameters and state unchanged): "
             + "; ".join(bad)
             + ". Lower the learning rate, clip gradients (max_grad_norm=...), or pass "
             "nonfinite='skip' to skip such steps."
@@ -629,36 +966,34 @@ def _step_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
 
 
-# -- validation shared by the named optimizers ------------------------------------------------
+def _scalar_state_keys(transforms: Sequence[Transform], defaults: Mapping[str, Any]) -> set[str]:
+    """The state keys that stages keep 0-dim (one per member in a member group)."""
+    probe = torch.zeros(1)
+    return {
+        key
+        for stage in transforms
+        for key, value in stage.init(probe, defaults).items()
+        if value.dim() == 0
+    }
 
 
-def _number(group: Mapping[str, Any], key: str) -> float:
-    value = group[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ValueError(f"{key} must be a number, got {value!r}")
-    return float(value)
+def _member_index(index: Tensor | Sequence[int], n: int) -> Tensor:
+    """``index`` as a 1-D host long tensor of distinct members in ``[0, n)``."""
+    index = torch.as_tensor(index)
+    if index.numel() == 0:
+        raise ValueError("keep_members needs at least one member index, got none")
+    if index.dim() != 1 or index.dtype == torch.bool or index.is_floating_point():
+        raise ValueError(
+            f"keep_members takes a 1-D list or tensor of member indices, got {index!r}"
+        )
+    index = index.to("cpu", torch.long)
+    values = index.tolist()
+    if not values or min(values) < 0 or max(values) >= n or len(set(values)) != len(values):
+        raise ValueError(
+            f"keep_members needs distinct member indices in [0, {n}), at least one; got {values}"
+        )
+    return index
 
 
-def check_nonnegative(group: Mapping[str, Any], key: str) -> None:
-    if not _number(group, key) >= 0 or math.isinf(group[key]):
-        raise ValueError(f"{key} must be a finite number >= 0, got {group[key]!r}")
-
-
-def check_positive(group: Mapping[str, Any], key: str) -> None:
-    if not _number(group, key) > 0 or math.isinf(group[key]):
-        raise ValueError(f"{key} must be a finite number > 0, got {group[key]!r}")
-
-
-def check_unit_interval(group: Mapping[str, Any], key: str, *, closed: bool = False) -> None:
-    value = _number(group, key)
-    if not (0 <= value <= 1 if closed else 0 <= value < 1):
-        interval = "[0, 1]" if closed else "[0, 1)"
-        raise ValueError(f"{key} must be in {interval}, got {value!r}")
-
-
-def check_betas(group: Mapping[str, Any]) -> None:
-    betas = group["betas"]
-    if not isinstance(betas, tuple | list) or len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    for name, beta in zip(("beta1", "beta2"), betas, strict=True):
-        check_unit_interval({f"betas[{name}]": beta}, f"betas[{name}]")
+def _listed(members: Iterable[int]) -> str:
+    return ", ".join(map(str, sorted(members)))

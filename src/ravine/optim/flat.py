@@ -18,6 +18,15 @@ in, a state tensor replaced by ``load_state_dict`` is copied in, a parameter who
 was replaced, or that joins or leaves the set with gradients, rebuilds the buckets. What the
 flat layout cannot express — parameters of one group at different step counts (one skipped
 a step, or joined late) — runs on the simple engine from then on, with a warning.
+
+Member groups (``members=N``, see ``members.py``) keep the member index innermost: each
+buffer is ``(D, N)``, element j of every member side by side, and a parameter ``(N, ...)`` is
+the transposed view of a block of rows, ``buffer[o : o + d].T``. Per-member coefficients are
+then ``(1, N)`` tensors that broadcast in the same single fused pass over contiguous memory.
+The parameters are not contiguous (their member stride is 1) but dense, and their gradients,
+views with the same strides, obey autograd's layout contract. (Member-major ``(N, D)``
+storage would give each parameter contiguous rows, but a block of columns is not dense:
+backward then warns on every accumulation that the gradient breaks that contract.)
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ravine.optim import members as M
 from ravine.optim.transforms import Transform
 
 
@@ -47,21 +57,26 @@ class FlatBucket:
         step_dtype: torch.dtype,
         *,
         state_dtype: torch.dtype | None = None,
+        members: int | None = None,
     ) -> None:
         self.params = list(params)
-        steps = {_step_count(state.get(p, {})) for p in self.params}
+        self.members = members
+        steps = {_step_count(state.get(p, {}), members) for p in self.params}
         if len(steps) > 1:
             raise Unflattenable("parameters of one group are at different step counts")
         first = self.params[0]
         self.device, self.dtype = first.device, first.dtype
         self.compute_dtype = state_dtype or first.dtype  # state and arithmetic
-        self.offsets, total = [], 0
+        rows = members or 1
+        self.offsets, total = [], 0  # (in elements of one row)
         for p in self.params:
             self.offsets.append(total)
-            total += p.numel()
-        self.numel = total
-        self.param = torch.empty(total, device=self.device, dtype=self.dtype)
-        self.grad = torch.zeros(total, device=self.device, dtype=self.dtype)
+            total += p.numel() // rows
+        self.width = total
+        self.numel = total * rows
+        shape = (total,) if members is None else (total, members)
+        self.param = torch.empty(shape, device=self.device, dtype=self.dtype)
+        self.grad = torch.zeros(shape, device=self.device, dtype=self.dtype)
         for p, view in zip(self.params, self._views(self.param), strict=True):
             view.copy_(p.detach())
             p.data = view
@@ -76,27 +91,47 @@ class FlatBucket:
         # parameters already have (a step taken by the simple engine, a loaded state dict).
         self.state: dict[str, Tensor] = {}
         self.scalars: dict[str, Tensor] = {}
-        count = steps.pop()
-        started = count > 0
-        self.step = torch.tensor(count, dtype=step_dtype)
+        self.step = torch.tensor(steps.pop(), dtype=step_dtype)  # () or (N,)
+        started = bool((self.step > 0).any())
         like = self.param if self.compute_dtype == self.dtype else self.param.to(self.compute_dtype)
+        if members is not None:
+            like = self.member_rows(like)  # (N, D): the stages see one row per member
+        init_group = group if members is None else M.shaped_group(group, like)
         for stage in stages:
-            for key, value in stage.init(like, group).items():
+            for key, value in stage.init(like, init_group).items():
                 if value.dim() == 0:
-                    self.scalars[key] = value
-                else:
+                    self.scalars[key] = value if members is None else value.expand(rows).clone()
+                elif members is None:
                     self.state[key] = value
+                else:
+                    self.state[key] = value.T.contiguous()  # back to (D, N)
         for p in self.params:
             for key, value in state.get(p, {}).items():
                 if key in self.scalars and isinstance(value, Tensor):
                     self.scalars[key] = value.detach().to("cpu", torch.float64).clone()
         self._attach_state(state, started)
 
+    def member_rows(self, flat: Tensor) -> Tensor:
+        """A ``(D, N)`` buffer as ``(N, D)``: row k is member k (a view)."""
+        return flat.T
+
     def _views(self, flat: Tensor) -> list[Tensor]:
+        if self.members is not None:  # a block of rows of the (D, N) buffer, transposed
+            n = self.members
+            return [
+                flat[o : o + p.numel() // n].T.view(p.shape)
+                for p, o in zip(self.params, self.offsets, strict=True)
+            ]
         return [
             flat[o : o + p.numel()].view_as(p)
             for p, o in zip(self.params, self.offsets, strict=True)
         ]
+
+    def chunks(self, size: int) -> list[slice]:
+        """Slices that cut the buffers into contiguous pieces of about ``size`` elements (whole
+        rows of a member bucket's ``(D, N)``, so that the ``(1, N)`` coefficients apply)."""
+        step = size if self.members is None else max(1, size // self.members)
+        return [slice(start, start + step) for start in range(0, self.width, step)]
 
     def _attach_state(self, state: dict[Tensor, dict[str, Any]], started: bool) -> None:
         """Make ``state[p][key]`` views into flat storage, copying in what is already there."""
@@ -122,7 +157,7 @@ class FlatBucket:
         return list(map(Tensor.data_ptr, self._sized)) == self._pointers
 
     def _remember_layout(self) -> None:
-        size = self.param.element_size()
+        size = self.param.element_size() * (self.members or 1)  # bytes per offset
         base = self.param.data_ptr()
         pairs = [(p, o) for p, o in zip(self.params, self.offsets, strict=True) if p.numel()]
         self._sized = [p for p, _ in pairs]
@@ -155,7 +190,7 @@ class FlatBucket:
         step = self.step
         if all(map(operator.is_, map(dict.get, states, repeat("step")), repeat(step))):
             return
-        steps = {_step_count(p_state) for p_state in states}
+        steps = {_step_count(p_state, self.members) for p_state in states}
         if len(steps) > 1:
             raise Unflattenable("parameters of one group are at different step counts")
         self.step = torch.tensor(steps.pop(), dtype=self.step.dtype)
@@ -178,12 +213,17 @@ def _check_dense(grad: Tensor) -> None:
         raise ValueError("ravine optimizers do not support sparse or complex gradients")
 
 
-def _step_count(state: Mapping[str, Any]) -> float:
+def _step_count(state: Mapping[str, Any], members: int | None = None) -> float | tuple:
+    """The step count, or one per member (a tuple, to compare and to build a tensor from)."""
     # No state: a parameter about to take its first step. State without a step: loaded from
     # torch's SGD, which counts none (at least one update happened; see engine.py).
     if "step" in state:
-        return float(state["step"])
-    return 1.0 if state else 0.0
+        if members is None:
+            return float(state["step"])
+        step = torch.as_tensor(state["step"], dtype=torch.float64)
+        return tuple(step.expand(members).tolist())
+    count = 1.0 if state else 0.0
+    return count if members is None else (count,) * members
 
 
 class Unflattenable(Exception):

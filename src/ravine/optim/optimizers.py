@@ -17,6 +17,14 @@ Every optimizer also accepts, beyond torch's arguments:
   fused pass per step, compiled unless ``compile=False``; see ``flat.py``).
 * ``state_dtype``: e.g. ``torch.float32`` for bf16 parameters: state kept, and the update
   computed, in that dtype.
+* ``members``: N stacked copies of a network trained as one (``members.py``): every parameter
+  ``(N, ...)``, and every numeric hyperparameter a number or N numbers (``betas``: a pair
+  whose entries may each be either), e.g.
+  ``Adam(params, members=4, lr=torch.tensor([1e-3, 3e-3, 1e-2, 3e-2]))``.
+
+Values that pass the range checks but would break the arithmetic in the parameters' dtype
+(an ``eps`` that rounds to 0, an overflowing ``lr * weight_decay``, ...) are refused too; see
+``validation.check_arithmetic``.
 """
 
 from __future__ import annotations
@@ -27,12 +35,13 @@ from typing import Any
 import torch
 
 from ravine.optim import transforms as T
-from ravine.optim.engine import (
-    ChainOptimizer,
+from ravine.optim.engine import ChainOptimizer
+from ravine.optim.validation import (
     check_betas,
     check_nonnegative,
     check_positive,
     check_unit_interval,
+    paired,
 )
 
 
@@ -88,6 +97,7 @@ class SGD(ChainOptimizer):
         decoupled_weight_decay: bool = False,
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
+        members: int | None = None,
         nonfinite: str = "raise",
         engine: str = "simple",
         compile: bool = True,
@@ -108,11 +118,15 @@ class SGD(ChainOptimizer):
         check_unit_interval(group, "momentum")
         check_unit_interval(group, "dampening", closed=True)
         check_nonnegative(group, "weight_decay")
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError(
-                "nesterov=True requires momentum > 0 and dampening == 0, got "
-                f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
-            )
+        if not group["nesterov"]:
+            return
+        for (momentum, dampening), member in paired(group, "momentum", "dampening"):
+            if momentum <= 0 or dampening != 0:
+                who = "" if member is None else f" (member {member})"
+                raise ValueError(
+                    "nesterov=True requires momentum > 0 and dampening == 0, got "
+                    f"momentum={momentum!r}, dampening={dampening!r}{who}"
+                )
 
 
 class Momentum(SGD):
@@ -189,6 +203,7 @@ class Adagrad(ChainOptimizer):
         decoupled_weight_decay: bool = False,
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
+        members: int | None = None,
         nonfinite: str = "raise",
         engine: str = "simple",
         compile: bool = True,
@@ -260,6 +275,7 @@ class RMSprop(ChainOptimizer):
         decoupled_weight_decay: bool = False,
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
+        members: int | None = None,
         nonfinite: str = "raise",
         engine: str = "simple",
         compile: bool = True,
@@ -330,6 +346,7 @@ class Adam(ChainOptimizer):
         decoupled_weight_decay: bool = False,
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
+        members: int | None = None,
         nonfinite: str = "raise",
         engine: str = "simple",
         compile: bool = True,
@@ -433,6 +450,7 @@ class NAdam(ChainOptimizer):
         maximize: bool = False,
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
+        members: int | None = None,
         nonfinite: str = "raise",
         engine: str = "simple",
         compile: bool = True,

@@ -24,6 +24,11 @@ Rules every stage follows:
   ``coefficients``; tensor state to ``apply``.
 * ``step`` is the 1-based count of updates this parameter has received, a float or a 0-dim
   tensor (the sync-free path); ``coefficients`` touches it only with arithmetic operators.
+* In a member group (``members.py``) hyperparameters and ``step`` may be ``(N,)`` tensors, one
+  value per member, so ``coefficients`` uses only arithmetic that broadcasts, and the
+  structure (``active``, ``flags``, which buffers ``init`` makes) is shared by the members: a
+  stage is on when any member needs it, and its coefficients leave the others' rows as they
+  would be without it.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ravine.optim._math import bias_correction, first_moment, second_moment
+from ravine.optim._math import add_eps, bias_correction, first_moment, second_moment
 
 Group = Mapping[str, Any]
 State = Mapping[str, Tensor]
@@ -90,7 +95,9 @@ class AddWeightDecay(Transform):
     }
 
     def active(self, group: Group) -> bool:
-        return group["weight_decay"] != 0 and not group.get("decoupled_weight_decay", False)
+        return _any_nonzero(group["weight_decay"]) and not group.get(
+            "decoupled_weight_decay", False
+        )
 
     def coefficients(self, group, step, state):
         return {"weight_decay": group["weight_decay"]}, {}
@@ -107,7 +114,7 @@ class AddDecoupledWeightDecay(AddWeightDecay):
     """
 
     def active(self, group: Group) -> bool:
-        return group["weight_decay"] != 0 and group.get("decoupled_weight_decay", False)
+        return _any_nonzero(group["weight_decay"]) and group.get("decoupled_weight_decay", False)
 
 
 class HeavyBall(Transform):
@@ -118,7 +125,9 @@ class HeavyBall(Transform):
         u \\leftarrow b_t \\ \\text{or, with nesterov,}\\ u_t + \\mu b_t
 
     The buffer starts at zero and the first step is selected by coefficients
-    (:math:`b_1 = 0 \\cdot b_0 + 1 \\cdot u_1`), so no branch depends on the step.
+    (:math:`b_1 = 0 \\cdot b_0 + 1 \\cdot u_1`), so no branch depends on the step. A member
+    with :math:`\\mu = 0` among members with momentum gets :math:`b_t = u_t` (torch ignores
+    dampening without momentum).
     """
 
     hyperparams: ClassVar[Mapping[str, Any]] = {
@@ -128,7 +137,7 @@ class HeavyBall(Transform):
     }
 
     def active(self, group: Group) -> bool:
-        return group["momentum"] != 0
+        return _any_nonzero(group["momentum"])
 
     def flags(self, group: Group) -> dict[str, bool]:
         return {"nesterov": bool(group["nesterov"])}
@@ -139,10 +148,11 @@ class HeavyBall(Transform):
     def coefficients(self, group, step, state):
         first = _indicator(step == 1)  # torch starts the buffer at u itself, undampened
         momentum = group["momentum"]
+        plain = _indicator(momentum == 0)  # (only a member can be here without momentum)
         return {
             "momentum": momentum,
             "keep": momentum * (1 - first),
-            "take": first + (1 - first) * (1 - group["dampening"]),
+            "take": 1 - (1 - first) * (1 - plain) * group["dampening"],
         }, {}
 
     def apply(self, u, param, state, c, flags):
@@ -167,14 +177,15 @@ class ScaleByAdagrad(Transform):
     }
 
     def init(self, param, group):
-        return {"sum": torch.full_like(param, group["initial_accumulator_value"])}
+        # (added, not filled: per member the value is an (N, 1, ..., 1) tensor)
+        return {"sum": torch.zeros_like(param).add_(group["initial_accumulator_value"])}
 
     def coefficients(self, group, step, state):
         return {"eps": group["eps"], "decay": 1 / (1 + (step - 1) * group["lr_decay"])}, {}
 
     def apply(self, u, param, state, c, flags):
         total = state["sum"] + u * u
-        return u / (total.sqrt() + c["eps"]) * c["decay"], {"sum": total}
+        return u / add_eps(total.sqrt(), c["eps"]) * c["decay"], {"sum": total}
 
 
 class ScaleByRMS(Transform):
@@ -195,11 +206,11 @@ class ScaleByRMS(Transform):
     }
 
     def flags(self, group: Group) -> dict[str, bool]:
-        return {"centered": bool(group["centered"]), "momentum": group["momentum"] > 0}
+        return {"centered": bool(group["centered"]), "momentum": _any_nonzero(group["momentum"])}
 
     def init(self, param, group):
         state = {"square_avg": torch.zeros_like(param)}
-        if group["momentum"] > 0:
+        if _any_nonzero(group["momentum"]):
             state["momentum_buffer"] = torch.zeros_like(param)
         if group["centered"]:
             state["grad_avg"] = torch.zeros_like(param)
@@ -221,9 +232,10 @@ class ScaleByRMS(Transform):
         if flags["centered"]:
             grad_avg = _state(state, "grad_avg", param)
             new["grad_avg"] = first_moment(grad_avg, u, c["one_minus_alpha"])
-            denom = (new["square_avg"] - new["grad_avg"] * new["grad_avg"]).sqrt() + c["eps"]
+            variance = new["square_avg"] - new["grad_avg"] * new["grad_avg"]
+            denom = add_eps(variance.sqrt(), c["eps"])
         else:
-            denom = new["square_avg"].sqrt() + c["eps"]
+            denom = add_eps(new["square_avg"].sqrt(), c["eps"])
         if flags["momentum"]:
             previous = _state(state, "momentum_buffer", param)
             new["momentum_buffer"] = previous * c["momentum"] + u / denom
@@ -278,7 +290,7 @@ class ScaleByAdam(Transform):
         if flags["amsgrad"]:
             second = torch.maximum(_state(state, "max_exp_avg_sq", param), second)
             new["max_exp_avg_sq"] = second
-        denom = second.sqrt() * c["inv_sqrt_bias_correction2"] + c["eps"]
+        denom = add_eps(second.sqrt() * c["inv_sqrt_bias_correction2"], c["eps"])
         return new["exp_avg"] / denom * c["inv_bias_correction1"], new
 
 
@@ -337,7 +349,7 @@ class ScaleByNAdam(Transform):
             "exp_avg": first_moment(state["exp_avg"], u, c["one_minus_beta1"]),
             "exp_avg_sq": second_moment(state["exp_avg_sq"], u, c["beta2"], c["one_minus_beta2"]),
         }
-        denom = new["exp_avg_sq"].sqrt() * c["inv_sqrt_bias_correction2"] + c["eps"]
+        denom = add_eps(new["exp_avg_sq"].sqrt() * c["inv_sqrt_bias_correction2"], c["eps"])
         return (u * c["current"] + new["exp_avg"] * c["ahead"]) / denom, new
 
 
@@ -347,6 +359,13 @@ def _indicator(condition: bool | Tensor) -> Scalar:
     if isinstance(condition, Tensor):
         return condition.to(torch.float64)
     return 1.0 if condition else 0.0
+
+
+def _any_nonzero(value: Scalar) -> bool:
+    # A number, or one per member (a host tensor: no device sync).
+    if isinstance(value, Tensor):
+        return bool(value.ne(0).any())
+    return value != 0
 
 
 def _state(state: State, key: str, param: Tensor) -> Tensor:
