@@ -3,7 +3,7 @@
 Both sides do the training work only: build the N initial models, then every epoch's data
 order, forward, backward, optimizer and schedule step — no evaluation, no checkpoints, no
 files. "sequential" is N eager loops, the inner loop of ``ravine.train.train`` (loss and
-accuracy read per update, as it does); "vmap" and "bmm" are :class:`RestartsTrainer`'s two
+accuracy read per update, as it does); "vmap" and "bmm" are :class:`ravine.train.trainer.Trainer`'s two
 batched paths. Each cell is the minimum over ``--repeats`` runs (the machine may be shared).
 
     python benchmarks/restarts.py                       # N = 1, 8, 64; 20 epochs; CPU
@@ -22,7 +22,7 @@ import torch
 from ravine.optim import make_optimizer
 from ravine.problems import build_model
 from ravine.train import TrainConfig
-from ravine.train.loop import (
+from ravine.train.build import (
     input_view,
     loss_function,
     make_run_schedule,
@@ -31,7 +31,7 @@ from ravine.train.loop import (
     seeds,
     total_steps,
 )
-from ravine.train.restarts import RestartsTrainer
+from ravine.train.trainer import Trainer, restart_members
 
 
 def sequential(config: TrainConfig, splits, device: torch.device) -> None:
@@ -68,7 +68,7 @@ def sequential(config: TrainConfig, splits, device: torch.device) -> None:
 
 
 def vectorized(config: TrainConfig, splits, device: torch.device, method: str) -> str:
-    trainer = RestartsTrainer.from_config(config, splits, method=method, device=device)
+    trainer = Trainer(config, splits, restart_members(config), method=method, device=device)
     x_train, y_train = splits.x_train.to(device), splits.y_train.to(device)
     for _ in range(config.epochs):
         stats = trainer.run_epoch(x_train, y_train)

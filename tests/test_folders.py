@@ -32,8 +32,8 @@ from ravine.folders import (
     read_verified,
     save_checkpoint,
 )
-from ravine.train import ConfigError, TrainConfig, train, train_restarts
-from ravine.train.loop import ResumeWarning
+from ravine.train import ConfigError, TrainConfig, train
+from ravine.train.trainer import ResumeWarning
 
 FAST = {"epochs": 3, "batch_size": 256}
 
@@ -91,7 +91,7 @@ def test_restarts_into_a_single_runs_folder_are_refused(tmp_path):
     train(TrainConfig(**FAST), tmp_path)
     before = _digests(tmp_path)
     with pytest.raises(ConfigError, match=r"training\.restarts"):
-        train_restarts(TrainConfig(**FAST, restarts=2), tmp_path)
+        train(TrainConfig(**FAST, restarts=2), tmp_path)
     assert _digests(tmp_path) == before
 
 

@@ -328,8 +328,9 @@ def _run_training(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ravine.folders import DamagedFileError, FolderInUseError
+    from ravine.folders import DamagedFileError, FolderInUseError, locked
     from ravine.optim import NonFiniteGradientError
+    from ravine.report.training import draw_run_figures
     from ravine.train import ConfigError, train
 
     console = Console()
@@ -358,17 +359,12 @@ def _run_training(
             progress.update(task, completed=info["step"], total=info["total"], status=status)
 
         try:
-            if run.restarts > 1:
-                from ravine.train import train_restarts
-
-                result = train_restarts(run, out, on_progress=on_progress, replace=replace)
-            else:
-                tracker = _curvature_tracker(run, curvature_every) if curvature_every else None
-                health = _gradient_health() if gradient_health else None
-                callbacks = [c for c in (tracker, health) if c is not None]
-                result = train(
-                    run, out, on_progress=on_progress, callbacks=callbacks, replace=replace
-                )
+            tracker = _curvature_tracker(run, curvature_every) if curvature_every else None
+            health = _gradient_health() if gradient_health else None
+            callbacks = [c for c in (tracker, health) if c is not None]
+            result = train(run, out, on_progress=on_progress, callbacks=callbacks, replace=replace)
+            with locked(out):
+                draw_run_figures(result, run)
                 if tracker is not None:
                     _write_curvature(tracker, out)
                 if health is not None:
@@ -474,7 +470,7 @@ def landscape(
 
 def _curvature_tracker(run, every: int):
     from ravine.probe import CurvatureTracker
-    from ravine.train.loop import input_view, loss_function, model_config, prepare_data
+    from ravine.train.build import input_view, loss_function, model_config, prepare_data
 
     splits = prepare_data(run)
     shape = input_view(model_config(run), splits.dataset)

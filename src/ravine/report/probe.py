@@ -25,8 +25,8 @@ from ravine.probe import (
     top_eigenvalues,
     trajectory,
 )
+from ravine.train.build import loss_function
 from ravine.train.config import ConfigError
-from ravine.train.loop import loss_function
 from ravine.train.run import load_run
 
 

@@ -90,3 +90,30 @@ def plot_curvature(
     from ravine.report.plots import save_figure
 
     return save_figure(fig, path)
+
+
+def draw_run_figures(result, config) -> list[Path]:
+    """The figures of a finished training run, into its folder: ``curves.png`` and, for
+    several members, ``restarts.png`` (the trainer writes data only; figures are drawn here).
+
+    ``result`` is what :func:`ravine.train.train` returned, ``config`` its config.
+    """
+    import math
+
+    from ravine.report.restarts import plot_restart_losses
+
+    out = Path(result.out_dir)
+    if not hasattr(result, "members"):  # one network
+        title = f"{config.dataset}: {config.model}"
+        return [plot_training_curves(result.history, out / "curves.png", title=title)]
+    n = len(result.members)
+    title = f"{config.dataset}: {config.model}, {n} restarts ({config.optimizer})"
+    written = [plot_training_curves(result.history, out / "curves.png", title=f"{title}, medians")]
+    splits = [
+        s for s in ("train", "val", "test") if result.final and f"{s}_loss" in result.final[0]
+    ]
+    losses = {s: [m.get(f"{s}_loss", math.nan) for m in result.final] for s in splits}
+    written.append(
+        plot_restart_losses(losses, out / "restarts.png", diverged=result.diverged, title=title)
+    )
+    return written

@@ -1,32 +1,20 @@
-"""The training loop: one network, mini-batches, evaluation each epoch, checkpoints, resume.
+"""The training run: epochs, evaluation, early stopping, pruning, checkpoints, resume.
 
-A run writes to its output folder::
-
-    config.toml       the resolved config (a resumed run must match it)
-    metrics.jsonl     one line per epoch: losses, accuracies, lr, wall time
-    steps.csv         one line per update: loss and lr
-    checkpoint.pt     the latest complete checkpoint (atomic), from which a killed run resumes
-    model.pt          the final weights (plus the standardizer), for probes and pre-initialization
-    summary.json      final metrics (and the snapshot ensemble's, when there is one)
-    curves.png        train vs held-out loss and accuracy per epoch
-
-Determinism: every source of randomness draws from a generator derived from ``config.seed``
-(initialization, data order, dropout, gradient noise), and all of them are checkpointed, so
-on CPU a run is a function of its config, and a run killed and resumed ends with the same
-parameters as one that was not.
+:func:`train` runs one config as N >= 1 members (:mod:`ravine.train.trainer`: one network as
+the plain module, several as one batched computation) and writes the run folder
+(:mod:`ravine.train.outputs`). Determinism: every source of randomness draws from a generator
+derived from a member's seed (initialization, data order, dropout, gradient noise), and all of
+them are checkpointed, so on CPU a run is a function of its config, and a run killed and
+resumed ends with the same parameters as one that was not.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import io
-import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,374 +28,104 @@ from ravine.folders import (
     load_latest_checkpoint,
     save_checkpoint,
 )
-from ravine.optim import make_optimizer
-from ravine.problems import PRESETS, Dataset, ModelConfig, build_model, load_dataset
-from ravine.problems import standardize as fit_standardizer
-from ravine.problems.models import pre_initialize
-from ravine.schedules import CosineWarmRestarts, make_schedule
+from ravine.train import outputs
+from ravine.train.build import ensemble_metrics, loss_function, prepare_data, seeds
 from ravine.train.config import ConfigError, TrainConfig, dump_toml
+from ravine.train.stacked import METHODS
+from ravine.train.trainer import (
+    CHECKPOINT,
+    Member,
+    MembersResult,
+    ResumeWarning,
+    Trainer,
+    TrainResult,
+    restart_members,
+)
 
-CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class TrainResult:
-    """What a finished run returns (everything is also on disk in ``out_dir``)."""
-
-    out_dir: Path
-    model: nn.Module
-    history: list[dict[str, Any]]  # one record per epoch, as in metrics.jsonl
-    final: dict[str, float]  # held-out and test metrics of the returned model
-    ensemble: dict[str, float] | None  # snapshot ensemble's test metrics, when snapshots > 0
-    steps: int  # updates done
-    resumed_from_epoch: int | None  # the checkpoint's epoch, when the run resumed
-
-
-@dataclass
-class Splits:
-    """The data a run trains and evaluates on, after splitting and standardization."""
-
-    dataset: Dataset
-    x_train: Tensor
-    y_train: Tensor
-    x_val: Tensor  # the held-out split early stopping watches: validation, or test
-    y_val: Tensor
-    x_test: Tensor
-    y_test: Tensor
-    standardizer: Any  # ravine.problems.Standardizer or None
-    val_name: str  # "val" or "test"
-
-
-def seeds(seed: int) -> dict[str, int]:
-    """The seed of each random stream of run ``seed``; disjoint across consecutive seeds, so
-    restart k of a batched run (seed + k) draws exactly what a sequential run with that seed
-    draws."""
-    return {"init": 4 * seed, "data": 4 * seed + 1, "dropout": 4 * seed + 2, "noise": 4 * seed + 3}
-
-
-def model_config(config: TrainConfig) -> ModelConfig:
-    """The ModelConfig of a run: a preset or a kind, with ``model_args`` applied."""
-    try:
-        base = PRESETS[config.model] if config.model in PRESETS else ModelConfig(kind=config.model)
-        return dataclasses.replace(base, **config.model_args)
-    except TypeError as error:
-        raise ConfigError(f"model: {error}") from None
-    except ValueError as error:
-        if "kind" in str(error):
-            raise ConfigError(
-                f"unknown model {config.model!r}; valid: presets {', '.join(PRESETS)} "
-                f"or kinds mlp, cnn, linear, deep_linear"
-            ) from None
-        raise ConfigError(f"model: {error}") from None
-
-
-def prepare_data(config: TrainConfig) -> Splits:
-    """Load the data set, hold out a validation split, standardize on the training split."""
-    try:
-        dataset = load_dataset(config.dataset, **config.dataset_args)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"data: {error}") from None
-    x_train, y_train = dataset.x_train, dataset.y_train
-    x_test, y_test = dataset.x_test, dataset.y_test
-    x_val, y_val, val_name = x_test, y_test, "test"
-    if config.val_fraction > 0:
-        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(config.seed))
-        n_val = max(1, round(config.val_fraction * len(x_train)))
-        val, keep = order[:n_val], order[n_val:]
-        x_val, y_val, x_train, y_train = x_train[val], y_train[val], x_train[keep], y_train[keep]
-        val_name = "val"
-    standardizer = None
-    if config.standardize:
-        # Fitted on the training rows only: statistics of held-out data must not leak in.
-        train_only = dataclasses.replace(dataset, x_train=x_train, y_train=y_train)
-        _, standardizer = fit_standardizer(train_only)
-        x_train, x_val, x_test = (standardizer.transform(x) for x in (x_train, x_val, x_test))
-    return Splits(dataset, x_train, y_train, x_val, y_val, x_test, y_test, standardizer, val_name)
-
-
-def input_view(config: ModelConfig, dataset: Dataset) -> tuple[int, ...]:
-    """The per-example shape the model sees: images for a 2-D CNN when the data has them."""
-    if config.kind == "cnn" and dataset.image_shape is not None:
-        return tuple(dataset.image_shape)
-    return tuple(dataset.input_shape)
-
-
-def loss_function(dataset: Dataset) -> Callable[[Tensor, Tensor], Tensor]:
-    return nn.functional.cross_entropy if dataset.task == "classification" else _mse
-
-
-def _mse(output: Tensor, target: Tensor) -> Tensor:
-    return nn.functional.mse_loss(output, target)
-
-
-def total_steps(config: TrainConfig, n_train: int) -> tuple[int, int]:
-    """``(steps_per_epoch, total_steps)``."""
-    per_epoch = math.ceil(n_train / config.batch_size)
-    total = per_epoch * config.epochs
-    return per_epoch, min(total, config.max_steps) if config.max_steps else total
-
-
-def make_run_schedule(config: TrainConfig, optimizer: torch.optim.Optimizer, total: int):
-    """The run's schedule, with lengths that were left out filled in from the step budget."""
-    if config.snapshots:
-        return CosineWarmRestarts(optimizer, t0=total // config.snapshots)
-    if config.schedule is None:
-        return None
-    args = dict(config.schedule_args)
-    defaults = {"cosine": "t_max", "onecycle": "total_steps"}
-    if config.schedule in defaults:
-        args.setdefault(defaults[config.schedule], total)
-    try:
-        return make_schedule(config.schedule, optimizer, **args)
-    except ValueError as error:
-        raise ConfigError(f"schedule: {error}") from None
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn, batch: int = 4096) -> dict:
-    """Mean loss (and accuracy for classification) over ``(x, y)`` in eval mode."""
-    was_training = model.training
-    model.eval()
-    outputs = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
-    model.train(was_training)
-    metrics = {"loss": float(loss_fn(outputs, y))}
-    if y.dtype == torch.int64:
-        metrics["accuracy"] = float((outputs.argmax(dim=1) == y).float().mean())
-    return metrics
-
-
-@torch.no_grad()
-def ensemble_metrics(models_outputs: list[Tensor], y: Tensor, loss_fn) -> dict:
-    """Average the members' softmax outputs (classification) or outputs (regression)."""
-    if y.dtype == torch.int64:
-        probs = torch.stack([o.softmax(dim=1) for o in models_outputs]).mean(dim=0)
-        return {
-            "loss": float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), y)),
-            "accuracy": float((probs.argmax(dim=1) == y).float().mean()),
-        }
-    mean = torch.stack(models_outputs).mean(dim=0)
-    return {"loss": float(loss_fn(mean, y))}
+#: ``on_epoch(epoch, metrics) -> members to stop``: ``metrics`` maps each member still training
+#: to its epoch record (``train_loss``, ``val_loss``, ... as floats); the members returned
+#: are pruned (a tuning study's pruner decides), stop costing compute, and keep their state.
+EpochHook = Callable[[int, Mapping[int, Mapping[str, float]]], Sequence[int] | None]
 
 
 def train(
     config: TrainConfig,
-    out_dir: str | Path,
+    out_dir: str | Path | None,
     *,
+    members: Sequence[Member] | None = None,
     replace: bool = False,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    on_epoch: EpochHook | None = None,
     stop_after_epoch: int | None = None,
     callbacks: Sequence[Callable[[nn.Module, int], None]] = (),
-) -> TrainResult:
-    """Train one network as ``config`` says, writing to ``out_dir``; resume if it holds a
-    checkpoint of the same config.
+    device: str | torch.device | None = None,
+    method: str = "auto",
+) -> TrainResult | MembersResult:
+    """Train ``config`` into ``out_dir``; resume if the folder holds this run's checkpoint.
 
-    ``out_dir`` belongs to this run (see :class:`ravine.folders.RunFolder`): a folder that
-    holds another run is refused with :class:`ConfigError`, unless ``replace=True``, which
-    removes that run's files once this config has been fully validated (data, model,
-    optimizer and schedule built). A damaged checkpoint is never loaded: the run resumes from
-    the previous one (``checkpoint.prev.pt``) if that is intact.
+    Args:
+        config: the run. ``restarts = N`` trains N members with seeds ``seed + k``.
+        out_dir: the run folder (see :class:`ravine.folders.RunFolder`: a folder that holds
+            another run is refused with :class:`ConfigError`). ``None``: train in memory, no
+            files (a tuning study's batch of trials).
+        members: the members to train, each a seed and its own optimizer hyperparameters
+            (instead of ``config.restarts``); returns a :class:`MembersResult` even for one.
+        replace: replace the run ``out_dir`` holds, only once this config is fully
+            validated (data, model, optimizer and schedule built).
+        on_progress: called with ``{"step", "total", "epoch", "loss"}`` after each update
+            (the median member's loss; a host sync per update, so only when given) and
+            ``{"step", "total", "epoch", "metrics"}`` after each epoch.
+        on_epoch: after each epoch's evaluation, may prune members (see ``EpochHook``).
+        stop_after_epoch: return after this epoch's checkpoint, as if killed (tests).
+        callbacks: one-network runs only: ``callback(model, step)`` after every update; one
+            with ``attach(model, optimizer)`` gets it once, before the first update; one with
+            ``state_dict()`` / ``load_state_dict()`` is checkpointed with the run.
+        device: where to train (default ``"cpu"``).
+        method: ``"auto"``, ``"vmap"`` or ``"bmm"`` for several members (see
+            :mod:`ravine.train.stacked`); ``"auto"`` trains one member as the plain module.
 
-    ``on_progress`` gets ``{"step", "total", "epoch", "loss"}`` after each update and the
-    epoch's metrics after each epoch. ``stop_after_epoch`` ends the run early (for tests and
-    time-boxed sessions) as if it had been killed after that epoch's checkpoint.
-    ``callbacks`` are called as ``callback(model, step)`` after every update (instruments such
-    as :class:`ravine.probe.CurvatureTracker` hook in here); one with an ``attach(model,
-    optimizer)`` method gets it called once, before the first update, and one with
-    ``state_dict()`` / ``load_state_dict()`` is checkpointed with the run and restored when it
-    resumes (so a resumed run's records cover the whole run).
+    A damaged checkpoint is never loaded: the run resumes from the previous one
+    (``checkpoint.prev.pt``) if that is intact, with a :class:`ResumeWarning`.
+
+    Example::
+
+        >>> from ravine.train import TrainConfig, train
+        >>> result = train(TrainConfig(epochs=3), "runs/digits")  # doctest: +SKIP
+        >>> restarts = train(TrainConfig(restarts=8, epochs=5), "runs/restarts")  # doctest: +SKIP
+        >>> restarts.summary["test_loss"]["median"], restarts.ensemble["accuracy"]  # doctest: +SKIP
     """
-    if config.restarts > 1:
-        raise ConfigError("train() runs one network; restarts > 1 go to train_restarts()")
-    out = Path(out_dir)
+    if members is not None and config.restarts > 1:
+        raise ConfigError("give either members or restarts > 1, not both")
+    many = members is not None or config.restarts > 1
+    members = list(members) if members is not None else restart_members(config)
+    n = len(members)
+    if n > 1 and config.snapshots:
+        raise ConfigError("snapshots with several members is not supported; use restarts = 1")
+    if n > 1 and config.keep_weights:
+        raise ConfigError("keep_weights with several members is not supported; use restarts = 1")
+    if n > 1 and callbacks:
+        raise ConfigError("training callbacks watch one network; use restarts = 1")
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    device = torch.device(device or "cpu")
     config_text = dump_toml(config.to_toml_tables())
-    streams = seeds(config.seed)
 
     splits = prepare_data(config)
-    mconfig = model_config(config)
-    dataset = splits.dataset
-    shape = input_view(mconfig, dataset)
-    to_input = _reshaper(shape)
-    num_outputs = dataset.num_classes or dataset.y_train.shape[1]
-    model = build_model(mconfig, shape, num_outputs, generator=streams["init"])
-    if config.pretrained:
-        record = pre_initialize(model, config.pretrained, strict=False)
-        if not record.loaded:
-            raise ConfigError(f"pretrained: nothing in {config.pretrained} matches the model")
-    loss_fn = loss_function(dataset)
-    try:
-        optimizer = make_optimizer(config.optimizer, model.parameters(), **config.optimizer_args)
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"optimizer: {error}") from None
-    per_epoch, total = total_steps(config, len(splits.x_train))
-    if config.snapshots:
-        # M whole cycles: the run ends where the M-th ends, at the lowest lr (the last few
-        # updates of a budget that M does not divide are dropped rather than spent on the
-        # first, largest-lr steps of a cycle that never finishes).
-        if total < config.snapshots:
-            raise ConfigError(f"snapshots={config.snapshots} needs at least that many updates")
-        total = total // config.snapshots * config.snapshots
-    schedule = make_run_schedule(config, optimizer, total)
-
-    data_gen = torch.Generator().manual_seed(streams["data"])
-    noise_gen = torch.Generator().manual_seed(streams["noise"])
-    torch.manual_seed(streams["dropout"])  # dropout draws from the global generator
-    for callback in callbacks:
-        if hasattr(callback, "attach"):
-            callback.attach(model, optimizer)
-    history: list[dict[str, Any]] = []
-    step_log: list[tuple[int, float, float]] = []  # (step, loss, lr)
-    snapshots: list[dict[str, Tensor]] = []
-    best = {"loss": math.inf, "epoch": 0, "state": None}
-    start_epoch, step, resumed_from = 0, 0, None
-    stopped_before = False
-
+    trainer = Trainer(config, splits, members, method=method if n > 1 else "auto", device=device)
+    if config.snapshots and trainer.total < config.snapshots:
+        raise ConfigError(f"snapshots={config.snapshots} needs at least that many updates")
+    run = _Run(config, splits, trainer, callbacks, many, device)
+    if out_dir is None:
+        return run.go(None, stop_after_epoch, on_progress, on_epoch)
+    out = Path(out_dir)
     # Only now, with everything validated: bad input leaves no folder behind, and a folder
     # to replace is emptied only for a run that can start.
     folder = claim_run_folder(out, config_text, replace=replace)
     try:
-        checkpoint_path = out / CHECKPOINT
-        state, note = load_latest_checkpoint(checkpoint_path) if folder.resuming else (None, "")
-        if note:
-            warnings.warn(note, ResumeWarning, stacklevel=2)
-        if state is None and folder.resuming and folder.owner.finished:
-            raise ConfigError(
-                f"{out} holds this run, finished, but its checkpoint is gone: there is nothing "
-                "to resume and its results are intact; to train it again, replace it (--replace)"
-            )
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if schedule is not None:
-                schedule.load_state_dict(state["schedule"])
-            data_gen.set_state(state["data_gen"])
-            noise_gen.set_state(state["noise_gen"])
-            torch.set_rng_state(state["torch_rng"])
-            history, step_log, snapshots = state["history"], state["steps"], state["snapshots"]
-            best = state["best"]
-            _load_callback_states(callbacks, state.get("callbacks", {}))
-            start_epoch = resumed_from = state["epoch"]
-            step = state["step"]
-            # A run that had stopped early stays stopped (its checkpoint is its last epoch).
-            stopped_before = bool(
-                config.early_stopping and start_epoch - best["epoch"] >= config.early_stopping
-            )
-        folder.unfinish()
-        atomic_write_text(out / "config.toml", config_text)
-
-        if config.keep_weights and start_epoch == 0:
-            _save_weights(out, model, 0)  # the initialization: where a trajectory starts
-        cycle = total // config.snapshots if config.snapshots else 0
-        started = time.perf_counter()
-        seconds_before = history[-1]["seconds"] if history else 0.0  # wall time before a resume
-        model.train()
-        epoch = start_epoch
-        stopped_early = stopped_before
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            if step >= total or stopped_early:
-                break
-            order = torch.randperm(len(splits.x_train), generator=data_gen)
-            seen = correct = 0
-            running = 0.0
-            for i in range(per_epoch):
-                if step >= total:
-                    break
-                index = order[i * config.batch_size : (i + 1) * config.batch_size]
-                x, y = to_input(splits.x_train[index]), splits.y_train[index]
-                optimizer.zero_grad()
-                output = model(x)
-                loss = loss_fn(output, y)
-                loss.backward()
-                if config.grad_noise:
-                    _add_gradient_noise(model, config, step, noise_gen)
-                optimizer.step()
-                if schedule is not None:
-                    schedule.step()
-                step += 1
-                value = float(loss.detach())
-                step_log.append((step, value, optimizer.param_groups[0]["lr"]))
-                running += value * len(index)
-                seen += len(index)
-                if y.dtype == torch.int64:
-                    correct += int((output.detach().argmax(dim=1) == y).sum())
-                if cycle and step % cycle == 0:
-                    snapshots.append(_copy_state(model))
-                for callback in callbacks:
-                    callback(model, step)
-                if on_progress is not None:
-                    on_progress({"step": step, "total": total, "epoch": epoch, "loss": value})
-
-            record: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": running / seen}
-            if dataset.task == "classification":
-                record["train_accuracy"] = correct / seen
-            held_out = evaluate(model, to_input(splits.x_val), splits.y_val, loss_fn)
-            record.update({f"{splits.val_name}_{k}": v for k, v in held_out.items()})
-            if splits.val_name != "test":
-                test = evaluate(model, to_input(splits.x_test), splits.y_test, loss_fn)
-                record.update({f"test_{k}": v for k, v in test.items()})
-            record["lr"] = optimizer.param_groups[0]["lr"]
-            record["seconds"] = seconds_before + time.perf_counter() - started
-            history.append(record)
-            if held_out["loss"] < best["loss"]:
-                best = {"loss": held_out["loss"], "epoch": epoch, "state": _copy_state(model)}
-            if config.early_stopping and epoch - best["epoch"] >= config.early_stopping:
-                stopped_early = True
-            if on_progress is not None:
-                on_progress({"step": step, "total": total, "epoch": epoch, "metrics": record})
-            last = epoch == config.epochs or step >= total or stopped_early
-            if config.keep_weights:
-                _save_weights(out, model, epoch)
-            if epoch % config.checkpoint_every == 0 or last:
-                save_checkpoint(
-                    {
-                        "config": config_text,
-                        "epoch": epoch,
-                        "step": step,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict() if schedule is not None else None,
-                        "data_gen": data_gen.get_state(),
-                        "noise_gen": noise_gen.get_state(),
-                        "torch_rng": torch.get_rng_state(),
-                        "history": history,
-                        "steps": step_log,
-                        "snapshots": snapshots,
-                        "best": best,
-                        "callbacks": _callback_states(callbacks),
-                    },
-                    checkpoint_path,
-                    keep_previous=True,
-                )
-                _write_logs(out, history, step_log)
-            if stop_after_epoch is not None and epoch >= stop_after_epoch and not last:
-                return TrainResult(out, model, history, {}, None, step, resumed_from)
-
-        if config.early_stopping and best["state"] is not None:
-            # Early stopping hands back the best held-out model, not the last one.
-            model.load_state_dict(best["state"])
-        final = {
-            f"{splits.val_name}_{k}": v
-            for k, v in evaluate(model, to_input(splits.x_val), splits.y_val, loss_fn).items()
-        }
-        final.update(
-            {
-                f"test_{k}": v
-                for k, v in evaluate(model, to_input(splits.x_test), splits.y_test, loss_fn).items()
-            }
-        )
-        ensemble = None
-        if snapshots:
-            ensemble = _snapshot_ensemble(
-                model, snapshots, to_input(splits.x_test), splits, loss_fn
-            )
-        _write_final(out, config, model, splits, history, step_log, final, ensemble)
-        folder.finish()
-        return TrainResult(out, model, history, final, ensemble, step, resumed_from)
+        run.resume(folder, config_text)
+        return run.go(folder, stop_after_epoch, on_progress, on_epoch)
     finally:
         folder.release()
-
-
-class ResumeWarning(UserWarning):
-    """A run resumed from an older checkpoint than its newest (which was damaged)."""
 
 
 def claim_run_folder(out: Path, config_text: str, *, replace: bool = False) -> RunFolder:
@@ -439,6 +157,497 @@ def _flatten(tables: dict[str, Any]) -> dict[str, Any]:
 
 def _shown(value: Any) -> str:
     return "unset" if value is None else repr(value)
+
+
+class _Run:
+    """One run's epochs and bookkeeping around a :class:`Trainer`."""
+
+    def __init__(self, config, splits, trainer: Trainer, callbacks, many: bool, device) -> None:
+        self.config, self.splits, self.trainer = config, splits, trainer
+        self.callbacks = list(callbacks)
+        self.many = many  # report per member (MembersResult), even for one member
+        self.device = device
+        self.val_name = splits.val_name
+        self.x_train, self.y_train = splits.x_train.to(device), splits.y_train.to(device)
+        self.held_out = {splits.val_name: (splits.x_val.to(device), splits.y_val.to(device))}
+        if splits.val_name != "test":
+            self.held_out["test"] = (splits.x_test.to(device), splits.y_test.to(device))
+        n = trainer.n
+        self.history: list[dict[str, Any]] = []
+        self.step_log: list[tuple] = []
+        self.snapshots: list[dict[str, Tensor]] = []
+        self.retired: dict[int, dict[str, Any]] = {}  # member -> reason, epoch, step, state
+        self.best: dict[str, Any] | None = None
+        if config.early_stopping:
+            self.best = {
+                "loss": torch.full((n,), math.inf, device=device),
+                "epoch": torch.zeros(n, dtype=torch.int64, device=device),
+                "state": trainer.net.state(),
+            }
+        self.start_epoch, self.resumed_from = 0, None
+        torch.manual_seed(seeds(trainer.members[0].seed)["dropout"])  # dropout: global generator
+        for callback in self.callbacks:
+            if hasattr(callback, "attach"):
+                callback.attach(trainer.net.model, trainer.optimizer)
+
+    # -- resume -----------------------------------------------------------------------------
+
+    def resume(self, folder: RunFolder, config_text: str) -> None:
+        out = folder.path
+        state, note = load_latest_checkpoint(out / CHECKPOINT) if folder.resuming else (None, "")
+        if note:
+            warnings.warn(note, ResumeWarning, stacklevel=3)
+        if state is None and folder.resuming and folder.owner.finished:
+            raise ConfigError(
+                f"{out} holds this run, finished, but its checkpoint is gone: there is nothing "
+                "to resume and its results are intact; to train it again, replace it (--replace)"
+            )
+        if state is not None:
+            if state.get("config") != config_text or "trainer" not in state:
+                raise ConfigError(
+                    f"{out}/{CHECKPOINT} was written by another run or an older ravine and "
+                    "cannot be resumed; replace the run (--replace) or use another folder"
+                )
+            if state["trainer"] is None:  # every member had left
+                self.trainer.retire_all()
+            else:
+                self.trainer.load_state_dict(state["trainer"])
+            torch.set_rng_state(state["torch_rng"])
+            if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            self.history = state["history"]
+            self.step_log = [tuple(s) for s in state["steps"]]
+            self.snapshots = state["snapshots"]
+            self.retired = {int(k): v for k, v in state["retired"].items()}
+            if self.best is not None:
+                self.best = _to(state["best"], self.device)
+            _load_callback_states(self.callbacks, state.get("callbacks", {}))
+            self.start_epoch = self.resumed_from = state["epoch"]
+        self.folder = folder
+        folder.unfinish()
+        atomic_write_text(out / "config.toml", config_text)
+
+    # -- the epochs -------------------------------------------------------------------------
+
+    def go(self, folder, stop_after_epoch, on_progress, on_epoch):
+        config, trainer = self.config, self.trainer
+        out = folder.path if folder is not None else None
+        self.folder = folder
+        if config.keep_weights and self.start_epoch == 0 and out is not None:
+            _save_weights(
+                out, trainer.net.model, 0
+            )  # the initialization: where a trajectory starts
+        cycle = trainer.total // config.snapshots if config.snapshots else 0
+        started = time.perf_counter()
+        seconds_before = self.history[-1]["seconds"] if self.history else 0.0
+        total = trainer.total
+        for epoch in range(self.start_epoch + 1, config.epochs + 1):
+            if trainer.step >= total or trainer.n == 0 or self._stopped():
+                break
+
+            def on_step(losses: Tensor, epoch: int = epoch) -> None:
+                loss = outputs.median(losses.tolist())  # a host sync per update: only on request
+                on_progress({"step": trainer.step, "total": total, "epoch": epoch, "loss": loss})
+
+            def after_update(step: int) -> None:
+                if cycle and step % cycle == 0:
+                    self.snapshots.append(trainer.net.state())
+                for callback in self.callbacks:
+                    callback(trainer.net.model, step)
+
+            ids = list(trainer.ids)  # the members that train this epoch
+            stats = trainer.run_epoch(
+                self.x_train,
+                self.y_train,
+                on_step=on_step if on_progress is not None else None,
+                after_update=after_update if (cycle or self.callbacks) else None,
+            )
+            record, per_row = self._record(epoch, ids, stats)
+            record["seconds"] = seconds_before + time.perf_counter() - started
+            self.history.append(record)
+            self._retire(epoch, ids, per_row, on_epoch)
+            if on_progress is not None:
+                on_progress(
+                    {"step": trainer.step, "total": total, "epoch": epoch, "metrics": record}
+                )
+            last = (
+                epoch == config.epochs or trainer.step >= total or trainer.n == 0 or self._stopped()
+            )
+            if out is not None:
+                if config.keep_weights:
+                    _save_weights(out, trainer.net.model, epoch)
+                if epoch % config.checkpoint_every == 0 or last:
+                    save_checkpoint(self._checkpoint(epoch), out / CHECKPOINT, keep_previous=True)
+                    outputs.write_logs(
+                        out, self.history, self.step_log, 1 if not self.trainer.stacked else 2
+                    )
+            if stop_after_epoch is not None and epoch >= stop_after_epoch and not last:
+                return self._partial()
+        result = self._finish()
+        if folder is not None:
+            folder.finish()
+        return result
+
+    def _stopped(self) -> bool:
+        # A one-network run that early stopping stopped stays stopped (also after a resume).
+        return not self.trainer.stacked and bool(self.retired)
+
+    def _record(self, epoch: int, ids: list[int], stats) -> tuple[dict, dict[str, Tensor]]:
+        trainer = self.trainer
+        n_all = len(trainer.members)
+        first = trainer.step - len(stats["lrs"]) + 1
+        for i, (row, lr) in enumerate(zip(stats["losses"].tolist(), stats["lrs"], strict=True)):
+            if trainer.stacked:
+                self.step_log.append(
+                    (first + i, lr, outputs.median(row), *outputs.value_range(row))
+                )
+            else:
+                self.step_log.append((first + i, row[0], lr))
+        seen = stats["seen"]
+        per_row: dict[str, Tensor] = {"train_loss": stats["loss_sum"] / seen}
+        if trainer.task == "classification":
+            per_row["train_accuracy"] = stats["correct"].double() / seen
+        for name, (x, y) in self.held_out.items():
+            for key, value in trainer.metrics(trainer.outputs(x), y).items():
+                per_row[f"{name}_{key}"] = value
+        record: dict[str, Any] = {"epoch": epoch, "step": trainer.step}
+        if not trainer.stacked:
+            record.update({k: float(v[0]) for k, v in per_row.items()})
+            record["lr"] = trainer.lr()
+            return record, per_row
+        # The keys of a one-network record hold the median over the members that trained
+        # this epoch and have not diverged, so anything reading one run's metrics reads these;
+        # "per_member" holds every member's value (None for NaN/Inf and for a member that
+        # had left: its one-member run would have no such epoch).
+        diverged_rows = set(trainer.diverged) if trainer.retire_diverged else set()
+        record["per_member"] = {}
+        for key, value in per_row.items():
+            values: list[float | None] = [None] * n_all
+            for row, v in zip(range(len(ids)), value.tolist(), strict=True):
+                values[ids[row]] = v
+            record["per_member"][key] = outputs.strict_json(values)
+            kept = [v for row, v in enumerate(value.tolist()) if row not in diverged_rows]
+            record[key] = outputs.median(kept)
+        record["diverged"] = sorted(
+            [m for m, r in self.retired.items() if r["reason"] == "diverged"]
+            + [ids[r] for r in diverged_rows]
+        )
+        if self.config.early_stopping:
+            record["stopped"] = sorted(
+                m for m, r in self.retired.items() if r["reason"] == "stopped"
+            )
+        record["lr"] = trainer.lr()
+        return record, per_row
+
+    def _retire(self, epoch: int, ids: list[int], per_row: dict[str, Tensor], on_epoch) -> None:
+        """Members leave: diverged, early-stopped, pruned; the batch shrinks to the rest."""
+        trainer, config = self.trainer, self.config
+        leaving: dict[int, str] = {}  # row -> reason
+        diverged = set(trainer.diverged)
+        if trainer.stacked and trainer.retire_diverged:
+            leaving.update({row: "diverged" for row in diverged})
+        val_loss = per_row[f"{self.val_name}_loss"]
+        if self.best is not None:
+            improved = val_loss < self.best["loss"]
+            self.best["loss"] = torch.where(improved, val_loss, self.best["loss"])
+            self.best["epoch"] = torch.where(improved, epoch, self.best["epoch"])
+            self.best["state"] = _keep_improved(self.best["state"], trainer.net.state(), improved)
+            patience_out = (epoch - self.best["epoch"] >= config.early_stopping).tolist()
+            for row, out in enumerate(patience_out):
+                if out and row not in leaving:
+                    leaving[row] = "stopped"
+        if on_epoch is not None:
+            live = {
+                ids[row]: {k: float(v[row]) for k, v in per_row.items()}
+                for row in range(len(ids))
+                if row not in leaving
+            }
+            for member in on_epoch(epoch, live) or ():
+                leaving.setdefault(ids.index(member), "pruned")
+        if not leaving:
+            return
+        current = trainer.net.state()
+        for row, reason in leaving.items():
+            state = self.best["state"] if reason == "stopped" and self.best is not None else current
+            self.retired[ids[row]] = {
+                "reason": reason,
+                "epoch": epoch,
+                "step": trainer.step,
+                "diverged_at_step": int(trainer.diverged_step[row]) if row in diverged else None,
+                "best_epoch": int(self.best["epoch"][row]) if self.best is not None else None,
+                "state": _rows(state, row) if trainer.stacked else state,
+            }
+        if trainer.stacked:
+            rows = [r for r in range(len(ids)) if r not in leaving]
+            if rows:
+                trainer.keep(rows)
+                if self.best is not None:
+                    self.best = _take(self.best, rows)
+            else:
+                trainer.retire_all()
+
+    def _checkpoint(self, epoch: int) -> dict[str, Any]:
+        return {
+            "config": dump_toml(self.config.to_toml_tables()),
+            "epoch": epoch,
+            "trainer": self.trainer.state_dict() if self.trainer.n else None,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device)
+            if self.device.type == "cuda"
+            else None,
+            "history": self.history,
+            "steps": [list(s) for s in self.step_log],
+            "snapshots": self.snapshots,
+            "retired": {str(k): _cpu(v) for k, v in self.retired.items()},
+            "best": _cpu(self.best) if self.best is not None else None,
+            "callbacks": _callback_states(self.callbacks),
+        }
+
+    # -- the end ----------------------------------------------------------------------------
+
+    def _final_states(self):
+        """Each member's final state, in member order: retired ones as they left; the others
+        at their best held-out epoch with early stopping, else as they are."""
+        trainer = self.trainer
+        live = {}
+        if trainer.n:
+            source = self.best["state"] if self.best is not None else trainer.net.state()
+            for row, member in enumerate(trainer.ids):
+                live[member] = _rows(source, row) if trainer.stacked else source
+        states = []
+        for member in range(len(trainer.members)):
+            states.append(self.retired[member]["state"] if member in self.retired else live[member])
+        return states
+
+    def _partial(self):
+        trainer = self.trainer
+        if not self.many:
+            return TrainResult(
+                self.folder.path if self.folder else None,
+                trainer.net.model,
+                self.history,
+                {},
+                None,
+                trainer.step,
+                self.resumed_from,
+            )
+        params, buffers = _stack(self._final_states(), trainer)
+        return MembersResult(
+            self.folder.path if self.folder else None,
+            trainer.architecture,
+            trainer.members,
+            params,
+            buffers,
+            self.history,
+            [],
+            {},
+            None,
+            [],
+            {},
+            trainer.step,
+            trainer.method,
+            self.resumed_from,
+        )
+
+    def _finish(self):
+        trainer, config, splits = self.trainer, self.config, self.splits
+        out = self.folder.path if self.folder is not None else None
+        states = self._final_states()
+        if not self.many:
+            model = trainer.net.model
+            model.load_state_dict(states[0])
+            final = {}
+            for name in dict.fromkeys((self.val_name, "test")):
+                x, y = self.held_out[name]
+                final.update(
+                    {
+                        f"{name}_{k}": float(v[0])
+                        for k, v in trainer.metrics(trainer.outputs(x), y).items()
+                    }
+                )
+            ensemble = self._snapshot_ensemble(model) if self.snapshots else None
+            if out is not None:
+                outputs.write_logs(out, self.history, self.step_log, 1)
+                outputs.write_single(
+                    out,
+                    config,
+                    model.state_dict(),
+                    splits.standardizer,
+                    self.history,
+                    final,
+                    ensemble,
+                )
+            return TrainResult(
+                out, model, self.history, final, ensemble, trainer.step, self.resumed_from
+            )
+
+        params, buffers = _stack(states, trainer)
+        evaluator = _evaluator(trainer, params, buffers)
+        n = len(trainer.members)
+        diverged = [m for m, r in self.retired.items() if r["reason"] == "diverged"]
+        for k in range(n):  # the parameters themselves may have overflowed without a NaN grad
+            if k not in diverged and not all(bool(p[k].isfinite().all()) for p in params.values()):
+                diverged.append(k)
+        diverged.sort()
+        final_metrics: dict[str, Tensor] = {}
+        test_outputs = None
+        for name, (x, y) in {"train": (self.x_train, self.y_train), **self.held_out}.items():
+            out_x = evaluator(x)
+            if name == "test":
+                test_outputs = out_x
+            for key, value in trainer.metrics(out_x, y).items():
+                final_metrics[f"{name}_{key}"] = value
+        final = [{key: float(values[k]) for key, values in final_metrics.items()} for k in range(n)]
+        healthy = [k for k in range(n) if k not in diverged]
+        summary = outputs.summarize(final, healthy, f"{self.val_name}_loss")
+        ensemble = None
+        if healthy and test_outputs is not None:
+            members = [test_outputs[k] for k in healthy]
+            ensemble = ensemble_metrics(
+                members, self.held_out["test"][1], loss_function(splits.dataset)
+            )
+            ensemble["members"] = len(members)
+        retired = {m: {k: v for k, v in r.items() if k != "state"} for m, r in self.retired.items()}
+        result = MembersResult(
+            out,
+            trainer.architecture,
+            trainer.members,
+            {k: v.detach().cpu() for k, v in params.items()},
+            {k: v.cpu() for k, v in buffers.items()},
+            self.history,
+            final,
+            summary,
+            ensemble,
+            diverged,
+            retired,
+            trainer.step,
+            trainer.method,
+            self.resumed_from,
+        )
+        if out is not None:
+            outputs.write_logs(out, self.history, self.step_log, 2)
+            outputs.write_members(
+                out, config, result, splits.standardizer, self._member_rows(result)
+            )
+        return result
+
+    def _member_rows(self, result: MembersResult) -> list[dict]:
+        rows = []
+        for k, metrics in enumerate(result.final):
+            left = self.retired.get(k, {})
+            row: dict[str, Any] = {
+                "member": k,
+                "seed": result.members[k].seed,
+                "diverged": k in result.diverged,
+                "diverged_at_step": left.get("diverged_at_step"),
+            }
+            if self.best is not None:
+                row["best_epoch"] = left.get("best_epoch", self._live_best_epoch(k))
+            row.update({key: v if math.isfinite(v) else None for key, v in metrics.items()})
+            rows.append(row)
+        return rows
+
+    def _live_best_epoch(self, member: int) -> int | None:
+        ids = self.trainer.ids
+        return int(self.best["epoch"][ids.index(member)]) if member in ids else None
+
+    def _snapshot_ensemble(self, model: nn.Module) -> dict[str, float]:
+        x_test, y_test = self.held_out["test"]
+        loss_fn = loss_function(self.splits.dataset)
+        current = {k: v.clone() for k, v in model.state_dict().items()}
+        outs, singles = [], []
+        for state in self.snapshots:
+            out = self.trainer.outputs(x_test, state)
+            outs.append(out[0])
+            singles.append({k: float(v[0]) for k, v in self.trainer.metrics(out, y_test).items()})
+        model.load_state_dict(current)
+        metrics = {f"ensemble_{k}": v for k, v in ensemble_metrics(outs, y_test, loss_fn).items()}
+        metrics["members"] = len(self.snapshots)
+        for key in singles[0]:
+            pick = max if key == "accuracy" else min
+            metrics[f"best_member_{key}"] = pick(s[key] for s in singles)
+        return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _keep_improved(best, current, improved: Tensor):
+    """Per row: ``current`` where ``improved``, else ``best`` (stacked or one state dict)."""
+    if isinstance(best, tuple):
+        return tuple(
+            {
+                k: torch.where(improved.view(-1, *[1] * (v.dim() - 1)), current_part[k], v)
+                for k, v in best_part.items()
+            }
+            for best_part, current_part in zip(best, current, strict=True)
+        )
+    return current if bool(improved[0]) else best
+
+
+def _rows(state, row: int):
+    params, buffers = state
+    return (
+        {k: v[row].clone() for k, v in params.items()},
+        {k: v[row].clone() for k, v in buffers.items()},
+    )
+
+
+def _take(best: dict, rows: list[int]) -> dict:
+    index = torch.tensor(rows, dtype=torch.long)
+    params, buffers = best["state"]
+    return {
+        "loss": best["loss"][index.to(best["loss"].device)],
+        "epoch": best["epoch"][index.to(best["epoch"].device)],
+        "state": (
+            {k: v[index.to(v.device)] for k, v in params.items()},
+            {k: v[index.to(v.device)] for k, v in buffers.items()},
+        ),
+    }
+
+
+def _stack(states, trainer: Trainer):
+    """Per-member states -> stacked ``(N, ...)`` params and buffers."""
+    if trainer.stacked:
+        names_p = states[0][0].keys()
+        names_b = states[0][1].keys()
+        params = {k: torch.stack([s[0][k] for s in states]) for k in names_p}
+        buffers = {k: torch.stack([s[1][k] for s in states]) for k in names_b}
+        return params, buffers
+    model = trainer.net.model
+    param_names = {name for name, _ in model.named_parameters()}
+    params = {k: v.detach().unsqueeze(0).clone() for k, v in states[0].items() if k in param_names}
+    buffers = {k: v.unsqueeze(0).clone() for k, v in states[0].items() if k not in param_names}
+    return params, buffers
+
+
+def _evaluator(trainer: Trainer, params, buffers):
+    if trainer.stacked:
+        return lambda x: trainer.outputs(x, (params, buffers))
+    state = {**{k: v[0] for k, v in params.items()}, **{k: v[0] for k, v in buffers.items()}}
+    return lambda x: trainer.outputs(x, state)
+
+
+def _cpu(tree: Any) -> Any:
+    if isinstance(tree, Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: _cpu(v) for k, v in tree.items()}
+    if isinstance(tree, tuple | list):
+        return type(tree)(_cpu(v) for v in tree)
+    return tree
+
+
+def _to(tree: Any, device) -> Any:
+    if isinstance(tree, Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to(v, device) for k, v in tree.items()}
+    if isinstance(tree, tuple | list):
+        return type(tree)(_to(v, device) for v in tree)
+    return tree
 
 
 def _callback_keys(callbacks: Sequence[Any]) -> list[str]:
@@ -487,74 +696,3 @@ def _load_callback_states(callbacks: Sequence[Any], states: dict[str, Any]) -> N
 
 def _save_weights(out: Path, model: nn.Module, epoch: int) -> None:
     save_checkpoint({"model": model.state_dict()}, out / "weights" / f"epoch-{epoch:04d}.pt")
-
-
-def _reshaper(shape: tuple[int, ...]) -> Callable[[Tensor], Tensor]:
-    return lambda x: x.reshape(len(x), *shape)
-
-
-def _add_gradient_noise(model: nn.Module, config: TrainConfig, step: int, gen) -> None:
-    # Neelakantan et al. (2015): g += N(0, sigma_t^2), sigma_t^2 = eta / (1 + t)^gamma.
-    std = math.sqrt(config.grad_noise / (1 + step) ** config.grad_noise_gamma)
-    for p in model.parameters():
-        if p.grad is not None:
-            p.grad.add_(torch.randn(p.grad.shape, generator=gen, dtype=p.grad.dtype) * std)
-
-
-def _copy_state(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _snapshot_ensemble(model, snapshots, x_test, splits, loss_fn) -> dict[str, float]:
-    current = _copy_state(model)
-    outputs, singles = [], []
-    model.eval()
-    with torch.no_grad():
-        for state in snapshots:
-            model.load_state_dict(state)
-            outputs.append(model(x_test))
-            singles.append(evaluate(model, x_test, splits.y_test, loss_fn))
-    model.load_state_dict(current)
-    model.train()
-    metrics = {
-        f"ensemble_{k}": v for k, v in ensemble_metrics(outputs, splits.y_test, loss_fn).items()
-    }
-    metrics["members"] = len(snapshots)
-    for key in singles[0]:
-        metrics[f"best_member_{key}"] = (
-            max(s[key] for s in singles) if key == "accuracy" else min(s[key] for s in singles)
-        )
-    return metrics
-
-
-def _write_logs(out: Path, history, step_log) -> None:
-    # Rewritten whole from the checkpointed history, so a resumed run's logs have no
-    # duplicated or missing lines.
-    buffer = io.StringIO()
-    for record in history:
-        buffer.write(json.dumps(record) + "\n")
-    atomic_write_text(out / "metrics.jsonl", buffer.getvalue())
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["step", "loss", "lr"])
-    writer.writerows(step_log)
-    atomic_write_text(out / "steps.csv", buffer.getvalue())
-
-
-def _write_final(out, config, model, splits, history, step_log, final, ensemble) -> None:
-    _write_logs(out, history, step_log)
-    save_checkpoint(
-        {
-            "model": model.state_dict(),
-            "standardizer": splits.standardizer.state_dict() if splits.standardizer else None,
-            "config": dump_toml(config.to_toml_tables()),
-        },
-        out / "model.pt",
-    )
-    summary = {"final": final, "ensemble": ensemble, "epochs": len(history)}
-    if history:
-        summary["seconds"] = history[-1]["seconds"]
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    from ravine.report.training import plot_training_curves
-
-    plot_training_curves(history, out / "curves.png", title=f"{config.dataset}: {config.model}")

@@ -9,8 +9,8 @@ from torch import nn
 
 from ravine.folders import DamagedFileError, load_checkpoint, read_verified
 from ravine.problems import build_model
+from ravine.train.build import Splits, input_view, model_config, prepare_data, seeds
 from ravine.train.config import ConfigError, TrainConfig, parse_config
-from ravine.train.loop import Splits, input_view, model_config, prepare_data, seeds
 
 WEIGHTS_DIR = "weights"  # per-epoch weights, when the run kept them (keep_weights = true)
 
