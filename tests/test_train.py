@@ -17,8 +17,8 @@ import torch
 
 from ravine.optim import NonFiniteGradientError
 from ravine.train import ConfigError, TrainConfig, load_checkpoint, load_config, train
-from ravine.train.config import dump_toml
 from ravine.train.build import prepare_data
+from ravine.train.config import dump_toml
 from ravine.train.trainer import Member, Trainer
 
 FAST = {"epochs": 3, "batch_size": 128}
