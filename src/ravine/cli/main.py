@@ -565,5 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
+# Command groups in their own modules register on `app` when imported (after it exists).
+from ravine.cli import tune as _tune  # noqa: E402, F401
+
 if __name__ == "__main__":
     sys.exit(main())

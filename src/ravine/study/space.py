@@ -14,8 +14,11 @@ one entry::
     lr                      the published range of lr for this optimizer
     lr=1e-4:1e-1:log        log-uniform on [1e-4, 1e-1]
     momentum=0.8:0.99       uniform on [0.8, 0.99]
-    batch_size=16:256:int   (not an optimizer argument: see TRAINING_NAMES)
+    weight_decay=1e-6:1e-2:log
     amsgrad=true,false      a choice
+
+Only optimizer hyperparameters are searched: trials of one batch train together, so they
+share everything else (batch size, epochs, architecture).
 """
 
 from __future__ import annotations
@@ -192,10 +195,6 @@ def resolve_space(
     return space
 
 
-#: Search names that set training, not optimizer, settings.
-TRAINING_NAMES = ("batch_size",)
-
-
 def check_name(name: str, optimizer: str) -> None:
     """``ValueError`` listing the valid names if ``name`` is not searchable for ``optimizer``."""
     valid = searchable_names(optimizer)
@@ -203,27 +202,32 @@ def check_name(name: str, optimizer: str) -> None:
         raise ValueError(f"{name!r} cannot be searched for {optimizer}; valid: {', '.join(valid)}")
 
 
+# Arguments that choose an implementation or a convention, not a point of the search; betas
+# is searched as beta1/beta2 (or their distances from 1), one number each.
+_NOT_SEARCHED = (
+    "nonfinite",
+    "engine",
+    "compile",
+    "state_dtype",
+    "maximize",
+    "foreach",
+    "fused",
+    "capturable",
+    "differentiable",
+    "betas",
+)
+
+
 def searchable_names(optimizer: str) -> list[str]:
+    """What a space may search for ``optimizer``: its hyperparameters, the derived names
+    (``one_minus_beta1``, ...), in the registry's order."""
     from ravine.optim.registry import hyperparameter_names
 
-    names = [
-        n
-        for n in hyperparameter_names(optimizer)
-        if n
-        not in (
-            "nonfinite",
-            "engine",
-            "compile",
-            "state_dtype",
-            "maximize",
-            "foreach",
-            "fused",
-            "capturable",
-            "differentiable",
-        )
+    names = [n for n in hyperparameter_names(optimizer) if n not in _NOT_SEARCHED]
+    derived = [
+        d for d, (target, _) in _DERIVED.items() if target in hyperparameter_names(optimizer)
     ]
-    derived = [d for d, (target, _) in _DERIVED.items() if target in names]
-    return [*names, *derived, *TRAINING_NAMES]
+    return [*names, *derived]
 
 
 def hyperparameters(
@@ -237,11 +241,8 @@ def hyperparameters(
     from ravine.optim.registry import optimizer_class
 
     args = dict(base or {})
-    training = {}
+    training: dict[str, Any] = {}  # (no training setting is searched yet: see the module doc)
     for name, value in point.items():
-        if name in TRAINING_NAMES:
-            training[name] = value
-            continue
         target, index = _DERIVED.get(name, (name, None))
         real = 1 - value if name.startswith("one_minus_") else value
         if index is None:

@@ -137,6 +137,7 @@ _TRAINING_KEYS = (
     "keep_weights",
 )
 _TABLES = ("data", "model", "optimizer", "schedule", "training")
+_COMMAND_TABLES = ("tune", "study")  # read by ravine tune / ravine study, not part of a run
 
 
 class ConfigError(ValueError):
@@ -187,7 +188,7 @@ def parse_config(text: str, source: str) -> TrainConfig:
 
 
 def _fields_from_tables(document: Mapping[str, Any], source: str) -> dict[str, Any]:
-    unknown = [k for k in document if k not in _TABLES]
+    unknown = [k for k in document if k not in _TABLES + _COMMAND_TABLES]
     if unknown:
         raise ConfigError(
             f"{source}: unknown table [{unknown[0]}]; valid tables: {', '.join(_TABLES)}"
