@@ -566,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Command groups in their own modules register on `app` when imported (after it exists).
+from ravine.cli import study as _study  # noqa: E402, F401
 from ravine.cli import tune as _tune  # noqa: E402, F401
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ def _run(config, out: Path, storage, pool, replace: bool) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ravine.folders import DamagedFileError, FolderInUseError, locked
+    from ravine.report.tables import print_table
     from ravine.report.tune import draw_tune_figures, tune_table
     from ravine.study.tune import run_tune
     from ravine.train import ConfigError
@@ -158,7 +159,7 @@ def _run(config, out: Path, storage, pool, replace: bool) -> None:
             raise UsageFailure(str(error)) from None
     with locked(out):
         draw_tune_figures(result)
-    console.print(tune_table(result))
+    print_table(console, tune_table(result), droppable=("epochs",), source=f"{out}/trials.csv")
     counts = result.counts
     console.print(
         f"{counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed"

@@ -58,11 +58,18 @@ class TuneConfig:
     pruner: str = "none"
     metric: str = "val_loss"  # the validation value a trial is judged by (best over epochs)
     seed: int = 0  # the sampler's seed
+    seeds: int = 1  # networks per trial (seeds train.seed + j); its value is their mean
     grid_points: int = 8  # per searched quantity, with sampler = "grid"
     study_name: str = "ravine-tune"
 
     def __post_init__(self) -> None:
-        for key, low in (("trials", 1), ("batch", 1), ("seed", 0), ("grid_points", 2)):
+        for key, low in (
+            ("trials", 1),
+            ("batch", 1),
+            ("seed", 0),
+            ("seeds", 1),
+            ("grid_points", 2),
+        ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
@@ -94,6 +101,7 @@ class TuneConfig:
             "pruner": self.pruner,
             "metric": self.metric,
             "seed": self.seed,
+            "seeds": self.seeds,
             "grid_points": self.grid_points,
             "study_name": self.study_name,
         }
@@ -429,24 +437,32 @@ def evaluate_batch(job: BatchJob, study=None, on_progress=None) -> list[str]:
         )
     config = job.config
     trials = [optuna.trial.Trial(study, trial_id) for trial_id in job.trial_ids]
-    members = []
-    for point in job.params:
+    members, owner = [], []  # owner[m]: the trial member m belongs to
+    for k, point in enumerate(job.params):
         args, _ = hyperparameters(config.train.optimizer, point, config.train.optimizer_args)
-        members.append(Member(config.train.seed, args))
+        for j in range(config.seeds):
+            members.append(Member(config.train.seed + j, args))
+            owner.append(k)
     key, sign = config.metric, (1 if config.direction == "minimize" else -1)
-    best = [math.inf] * len(trials)
+    best = [math.inf] * len(trials)  # of the trial's mean over its seeds, sign-adjusted
+    member_best = [math.inf] * len(members)
     check_pruning = config.pruner != "none"
 
     def on_epoch(epoch: int, metrics: Mapping[int, Mapping[str, float]]) -> list[int]:
+        values: dict[int, list[float]] = {}
+        for m, record in metrics.items():
+            values.setdefault(owner[m], []).append(record[key])
+            if math.isfinite(record[key]):
+                member_best[m] = min(member_best[m], sign * record[key])
         pruned = []
-        for k, values in metrics.items():
-            value = values[key]
-            if not math.isfinite(value):
+        for k, seeds in values.items():
+            if not all(math.isfinite(v) for v in seeds):
                 continue  # a diverging member: it leaves as diverged, not pruned
+            value = sum(seeds) / len(seeds)
             best[k] = min(best[k], sign * value)
             trials[k].report(value, epoch)
             if check_pruning and trials[k].should_prune():
-                pruned.append(k)
+                pruned += [m for m, t in enumerate(owner) if t == k and m in metrics]
         if on_progress is not None:
             on_progress({"epoch": epoch, "epochs": config.train.epochs})
         return pruned
@@ -464,13 +480,15 @@ def evaluate_batch(job: BatchJob, study=None, on_progress=None) -> list[str]:
             study.tell(trial, state=TrialState.FAIL)
         return ["FAIL"] * len(trials)
     for k, trial in enumerate(trials):
-        left = result.retired.get(k, {})
-        final = result.final[k]
+        mine = [m for m, t in enumerate(owner) if t == k]
+        left = result.retired.get(mine[0], {})
         trial.set_user_attr("epochs", left.get("epoch", len(result.history)))
+        trial.set_user_attr("seed_values", [sign * member_best[m] for m in mine])
         for name in ("val_loss", "val_accuracy", "train_loss"):
-            if name in final and math.isfinite(final[name]):
-                trial.set_user_attr(f"final_{name}", final[name])
-        if k in result.diverged or not math.isfinite(best[k]):
+            finals = [result.final[m].get(name, math.nan) for m in mine]
+            if all(math.isfinite(v) for v in finals):
+                trial.set_user_attr(f"final_{name}", sum(finals) / len(finals))
+        if any(m in result.diverged for m in mine) or not math.isfinite(best[k]):
             trial.set_user_attr("diverged", True)
             study.tell(trial, state=TrialState.FAIL)
             states.append("FAIL")
