@@ -10,6 +10,8 @@ torch.nn.utils) and 4 ravine optimizers, on both engines.
 from __future__ import annotations
 
 import copy
+import doctest
+import importlib
 import io
 
 import pytest
@@ -730,3 +732,11 @@ def test_bf16_members_keep_their_dtypes_and_agree_between_engines(engine):
     assert torch.equal(w, other)
     w32, opt32 = run(engine, torch.float32)
     assert opt32.state[w32]["exp_avg_sq"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("module", ["members", "engine", "optimizers", "clip"])
+def test_documented_examples_run(module):
+    # (float32, as a user runs them: the autouse fixture's float64 is restored here)
+    torch.set_default_dtype(torch.float32)
+    result = doctest.testmod(importlib.import_module(f"ravine.optim.{module}"))
+    assert result.attempted and result.failed == 0
