@@ -561,6 +561,38 @@ def test_changing_member_values_does_not_recompile_the_flat_kernel():
         torch.testing.assert_close(p, q, **TOL)
 
 
+@pytest.mark.slow  # inductor compiles a C++ kernel (~5 s cold)
+@pytest.mark.parametrize("guarded", [False, True], ids=["host-branch", "sync-free"])
+def test_inductor_compiled_member_kernels_equal_the_simple_engine(guarded):
+    # What users run: inductor's kernel over (D, N) storage with (1, N) coefficients.
+    torch.set_default_dtype(torch.float32)
+    start = [torch.randn(N, 7, 5), torch.randn(N, 5), torch.randn(N, 0)]
+    hyper = {
+        "members": N,
+        "lr": torch.tensor([0.01, 0.02, 0.005, 0.03]),
+        "betas": (torch.tensor(BETAS[0]), 0.999),
+        "max_grad_norm": torch.tensor([0.5, 1.0, 2.0, 3.0]),
+        "nonfinite": "skip",
+    }
+    runs = {}
+    for engine in ("simple", "flat"):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = ro.AdamW(params, engine=engine, **copy.deepcopy(hyper))
+        opt._force_guarded = guarded
+        for step in range(8):
+            g = torch.Generator().manual_seed(step)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            if step == 3:
+                params[0].grad[1, 0, 0] = float("nan")
+            opt.step()
+        assert opt._kernels.compiling, "torch.compile failed; the flat engine ran eagerly"
+        assert opt.state[params[0]]["step"].tolist() == [8, 7, 8, 8]
+        runs[engine] = params
+    for a, b in zip(runs["simple"], runs["flat"], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
 # -- schedules --------------------------------------------------------------------------------
 
 SCHEDULE_ARGS = {
