@@ -610,14 +610,27 @@ def test_every_schedule_has_a_member_row():
     assert set(SCHEDULE_ARGS) == set(schedules.SCHEDULES)
 
 
+def _momentum(group):
+    """OneCycle cycles beta1, or momentum where there are no betas."""
+    return group["betas"][0] if "betas" in group else group["momentum"]
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
 @pytest.mark.parametrize("name", list(SCHEDULE_ARGS))
-def test_schedules_give_each_member_its_scalar_schedule(name):
+def test_schedules_give_each_member_its_scalar_schedule(name, kind):
     lrs = [0.1, 0.013, 0.5]
     w = torch.nn.Parameter(torch.zeros(3, 2))
-    opt = ro.Adam([w], members=3, lr=torch.tensor(lrs), betas=(torch.tensor([0.9] * 3), 0.999))
+    if kind == "adam":
+        opt = ro.Adam([w], members=3, lr=lrs, betas=([0.9] * 3, 0.999))
+        singles = [ro.Adam([torch.nn.Parameter(torch.zeros(2))], lr=lr) for lr in lrs]
+    else:
+        opt = ro.SGD([w], members=3, lr=lrs, momentum=[0.9, 0.5, 0.0])
+        singles = [
+            ro.SGD([torch.nn.Parameter(torch.zeros(2))], lr=lr, momentum=m)
+            for lr, m in zip(lrs, (0.9, 0.5, 0.0), strict=True)
+        ]
     lr_tensor = opt.param_groups[0]["lr"]
     sched = schedules.make_schedule(name, opt, **SCHEDULE_ARGS[name])
-    singles = [ro.Adam([torch.nn.Parameter(torch.zeros(2))], lr=lr) for lr in lrs]
     single_scheds = [schedules.make_schedule(name, o, **SCHEDULE_ARGS[name]) for o in singles]
     for step in range(12):
         group = opt.param_groups[0]
@@ -625,8 +638,7 @@ def test_schedules_give_each_member_its_scalar_schedule(name):
         assert group["lr"].tolist() == [o.param_groups[0]["lr"] for o in singles], step
         assert sched.get_last_lr()[0].tolist() == [s.get_last_lr()[0] for s in single_scheds]
         assert sched.lr_at(step)[0].tolist() == [s.lr_at(step)[0] for s in single_scheds]
-        beta1 = group["betas"][0].tolist()
-        assert beta1 == [o.param_groups[0]["betas"][0] for o in singles], step
+        assert _momentum(group).tolist() == [_momentum(o.param_groups[0]) for o in singles], step
         w.grad = torch.ones(3, 2)
         opt.step()
         sched.step()
