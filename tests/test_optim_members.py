@@ -393,7 +393,9 @@ def test_keep_members_then_survivors_continue_as_if_nothing_happened(name, engin
 @pytest.mark.parametrize("engine", ["simple", "flat"])
 def test_keep_members_carries_schedules_and_counters(engine):
     w = torch.nn.Parameter(torch.ones(N, 3))
-    opt = ro.Adam([w], members=N, lr=torch.tensor(LRS), nonfinite="skip", engine=engine)
+    opt = ro.Adam(
+        [w], members=N, lr=torch.tensor(LRS), nonfinite="skip", engine=engine, compile=False
+    )
     sched = schedules.Cosine(opt, t_max=10)
     for step in range(3):
         w.grad = torch.ones(N, 3)
