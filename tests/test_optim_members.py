@@ -10,6 +10,8 @@ torch.nn.utils) and 4 ravine optimizers, on both engines.
 from __future__ import annotations
 
 import copy
+import doctest
+import importlib
 import io
 
 import pytest
@@ -391,7 +393,9 @@ def test_keep_members_then_survivors_continue_as_if_nothing_happened(name, engin
 @pytest.mark.parametrize("engine", ["simple", "flat"])
 def test_keep_members_carries_schedules_and_counters(engine):
     w = torch.nn.Parameter(torch.ones(N, 3))
-    opt = ro.Adam([w], members=N, lr=torch.tensor(LRS), nonfinite="skip", engine=engine)
+    opt = ro.Adam(
+        [w], members=N, lr=torch.tensor(LRS), nonfinite="skip", engine=engine, compile=False
+    )
     sched = schedules.Cosine(opt, t_max=10)
     for step in range(3):
         w.grad = torch.ones(N, 3)
@@ -559,6 +563,38 @@ def test_changing_member_values_does_not_recompile_the_flat_kernel():
         torch.testing.assert_close(p, q, **TOL)
 
 
+@pytest.mark.slow  # inductor compiles a C++ kernel (~5 s cold)
+@pytest.mark.parametrize("guarded", [False, True], ids=["host-branch", "sync-free"])
+def test_inductor_compiled_member_kernels_equal_the_simple_engine(guarded):
+    # What users run: inductor's kernel over (D, N) storage with (1, N) coefficients.
+    torch.set_default_dtype(torch.float32)
+    start = [torch.randn(N, 7, 5), torch.randn(N, 5), torch.randn(N, 0)]
+    hyper = {
+        "members": N,
+        "lr": torch.tensor([0.01, 0.02, 0.005, 0.03]),
+        "betas": (torch.tensor(BETAS[0]), 0.999),
+        "max_grad_norm": torch.tensor([0.5, 1.0, 2.0, 3.0]),
+        "nonfinite": "skip",
+    }
+    runs = {}
+    for engine in ("simple", "flat"):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = ro.AdamW(params, engine=engine, **copy.deepcopy(hyper))
+        opt._force_guarded = guarded
+        for step in range(8):
+            g = torch.Generator().manual_seed(step)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            if step == 3:
+                params[0].grad[1, 0, 0] = float("nan")
+            opt.step()
+        assert opt._kernels.compiling, "torch.compile failed; the flat engine ran eagerly"
+        assert opt.state[params[0]]["step"].tolist() == [8, 7, 8, 8]
+        runs[engine] = params
+    for a, b in zip(runs["simple"], runs["flat"], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
 # -- schedules --------------------------------------------------------------------------------
 
 SCHEDULE_ARGS = {
@@ -576,14 +612,27 @@ def test_every_schedule_has_a_member_row():
     assert set(SCHEDULE_ARGS) == set(schedules.SCHEDULES)
 
 
+def _momentum(group):
+    """OneCycle cycles beta1, or momentum where there are no betas."""
+    return group["betas"][0] if "betas" in group else group["momentum"]
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
 @pytest.mark.parametrize("name", list(SCHEDULE_ARGS))
-def test_schedules_give_each_member_its_scalar_schedule(name):
+def test_schedules_give_each_member_its_scalar_schedule(name, kind):
     lrs = [0.1, 0.013, 0.5]
     w = torch.nn.Parameter(torch.zeros(3, 2))
-    opt = ro.Adam([w], members=3, lr=torch.tensor(lrs), betas=(torch.tensor([0.9] * 3), 0.999))
+    if kind == "adam":
+        opt = ro.Adam([w], members=3, lr=lrs, betas=([0.9] * 3, 0.999))
+        singles = [ro.Adam([torch.nn.Parameter(torch.zeros(2))], lr=lr) for lr in lrs]
+    else:
+        opt = ro.SGD([w], members=3, lr=lrs, momentum=[0.9, 0.5, 0.0])
+        singles = [
+            ro.SGD([torch.nn.Parameter(torch.zeros(2))], lr=lr, momentum=m)
+            for lr, m in zip(lrs, (0.9, 0.5, 0.0), strict=True)
+        ]
     lr_tensor = opt.param_groups[0]["lr"]
     sched = schedules.make_schedule(name, opt, **SCHEDULE_ARGS[name])
-    singles = [ro.Adam([torch.nn.Parameter(torch.zeros(2))], lr=lr) for lr in lrs]
     single_scheds = [schedules.make_schedule(name, o, **SCHEDULE_ARGS[name]) for o in singles]
     for step in range(12):
         group = opt.param_groups[0]
@@ -591,8 +640,7 @@ def test_schedules_give_each_member_its_scalar_schedule(name):
         assert group["lr"].tolist() == [o.param_groups[0]["lr"] for o in singles], step
         assert sched.get_last_lr()[0].tolist() == [s.get_last_lr()[0] for s in single_scheds]
         assert sched.lr_at(step)[0].tolist() == [s.lr_at(step)[0] for s in single_scheds]
-        beta1 = group["betas"][0].tolist()
-        assert beta1 == [o.param_groups[0]["betas"][0] for o in singles], step
+        assert _momentum(group).tolist() == [_momentum(o.param_groups[0]) for o in singles], step
         w.grad = torch.ones(3, 2)
         opt.step()
         sched.step()
@@ -730,3 +778,11 @@ def test_bf16_members_keep_their_dtypes_and_agree_between_engines(engine):
     assert torch.equal(w, other)
     w32, opt32 = run(engine, torch.float32)
     assert opt32.state[w32]["exp_avg_sq"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("module", ["members", "engine", "optimizers", "clip"])
+def test_documented_examples_run(module):
+    # (float32, as a user runs them: the autouse fixture's float64 is restored here)
+    torch.set_default_dtype(torch.float32)
+    result = doctest.testmod(importlib.import_module(f"ravine.optim.{module}"))
+    assert result.attempted and result.failed == 0

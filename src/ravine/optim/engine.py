@@ -520,14 +520,15 @@ class ChainOptimizer(torch.optim.Optimizer):
                     raise NonFiniteGradientError(self._describe_nonfinite(work))
                 self._skipped_host += 1
                 return
-        clipped = [
-            torch.clamp(b.grad, -b.group["clip_value"], b.group["clip_value"])
-            if b.group["clip_value"] is not None
-            else b.grad
-            for b in buckets
-        ]
         total_norm = None
         if any(b.group["max_grad_norm"] is not None for b in buckets):
+            # (the kernel clips by value itself: a clipped copy is needed only for the norm)
+            clipped = [
+                torch.clamp(b.grad, -b.group["clip_value"], b.group["clip_value"])
+                if b.group["clip_value"] is not None
+                else b.grad
+                for b in buckets
+            ]
             total_norm = global_norm(clipped)
         for bucket in buckets:
             self._flat_update(bucket, total_norm, finite if guarded else None)

@@ -4,11 +4,57 @@ A param group with ``members=N`` holds parameters whose leading dimension is N: 
 is member k's copy. Any numeric hyperparameter may then be a number (every member) or N
 numbers (a 1-D tensor or a sequence, one per member); ``betas`` is a pair whose entries may
 each be either. Row k is updated exactly as an optimizer with member k's hyperparameters would
-update that row alone, step counts included (``state[p]["step"]`` is ``(N,)``).
+update that row alone: per-member step counts (``state[p]["step"]`` is ``(N,)``), clipping by
+value and by member k's own global norm (over row k of every parameter of the optimizer), and
+NaN/Inf refusal per member.
+
+The API, on any ravine optimizer (both engines):
+
+* build: ``make_optimizer(name, params, members=N, lr=torch.tensor([...]), ...)`` (or the
+  class itself), or ``"members": N`` in the param-group dicts; every group must say the same
+  N. Per-member values are stored in the groups as ``(N,)`` float64 host tensors, which a
+  schedule (``ravine.schedules``) updates in place.
+* ``optimizer.members``: N (None for an ordinary optimizer).
+* ``optimizer.refused_members``: ``(N,)`` bool, the members whose gradient held NaN/Inf on
+  the last checked step: with ``nonfinite="skip"`` exactly their rows, state and step counts
+  were left unchanged; with ``"raise"`` the whole step was refused and the error names them.
+  On an accelerator it is a device tensor, written without a host sync.
+* ``optimizer.skipped_steps_per_member``: ``(N,)`` refusals per member;
+  ``optimizer.skipped_steps`` counts the steps on which any member was refused.
+* ``optimizer.keep_members(index)``: prune to the members ``index`` (in that order), in place:
+  parameters are rebound (``p.data = p.data[index]``, the caller's Parameter objects stay the
+  same objects), and so are their gradients, all state, step counts, per-member
+  hyperparameters (``initial_lr`` included) and counters; the survivors continue exactly.
+* ``state_dict()`` / ``load_state_dict()``, deepcopy and pickle carry all of it.
+
+Example::
+
+    >>> import torch, ravine
+    >>> w = torch.nn.Parameter(torch.zeros(3, 5))  # (members, weights)
+    >>> opt = ravine.optim.make_optimizer(
+    ...     "adam", [w], members=3, lr=torch.tensor([1e-3, 1e-2, 1e-1]),
+    ...     betas=([0.9, 0.8, 0.7], 0.999), max_grad_norm=1.0, nonfinite="skip")
+    >>> w.grad = torch.ones(3, 5)
+    >>> w.grad[1, 0] = float("nan")
+    >>> _ = opt.step()
+    >>> opt.refused_members, opt.state[w]["step"]
+    (tensor([False,  True, False]), tensor([1., 0., 1.]))
+    >>> opt.keep_members([2, 0])
+    >>> w.shape, opt.param_groups[0]["lr"]
+    (torch.Size([2, 5]), tensor([0.1000, 0.0010], dtype=torch.float64))
 
 How the maths stays written once: a stage's ``coefficients()`` is ordinary arithmetic, so fed
 ``(N,)`` float64 hyperparameters and an ``(N,)`` step it returns ``(N,)`` coefficients; the
-engine shapes them ``(N, 1, ..., 1)`` and the same ``apply()`` broadcasts them over the rows.
+engine shapes them to broadcast over the rows (``(N, 1, ..., 1)`` per tensor, ``(1, N)`` over
+the flat engine's ``(D, N)`` storage) and the same ``apply()`` runs. Structure is shared: a
+flag (``amsgrad``, ``nesterov``, ...) is one bool for all members, and a stage is on when any
+member needs it, with coefficients that leave the other members' rows as they would be
+without it. Coefficient tensors are in the compute dtype (a broadcast tensor takes part in
+type promotion), so in 16-bit arithmetic they round where a scalar's float32 digits would not.
+
+.. warning:: torch's own ``lr_scheduler`` classes write a tensor lr with ``fill_`` (one
+   number for all members); use ``ravine.schedules``, which gives member k the schedule of
+   base lr ``lr[k]``.
 
 This module holds the bookkeeping: normalizing and reading per-member values, shaping them
 over a tensor, moving them to a device without a host sync, and indexing them.
