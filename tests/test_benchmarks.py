@@ -21,6 +21,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
             "ravine flat against torch",
         ),
         ("restarts.py", ["--restarts", "2", "--epochs", "1", "--repeats", "1"], "speed-up"),
+        ("tune.py", ["--trials", "2", "--epochs", "1", "--repeats", "1"], "speed-up"),
         ("curvature_hvps.py", ["--k", "2", "--seeds", "0"], "Lanczos"),
         ("landscape.py", ["--resolution", "5", "--repeats", "1"], "vmap"),
     ],

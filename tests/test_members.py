@@ -179,7 +179,7 @@ def float64(monkeypatch):
     original = loop_module.prepare_data
 
     def prepare_float64(config):
-        splits = original(config)
+        splits = dataclasses.replace(original(config))  # (the cached one stays float32)
         for name in ("x_train", "x_val", "x_test"):
             setattr(splits, name, getattr(splits, name).double())
         return splits

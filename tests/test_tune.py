@@ -149,7 +149,7 @@ def test_pruned_trials_stop_early_and_are_recorded(tmp_path):
     for trial in result.study.trials:
         epochs = len(trial.intermediate_values)
         if trial.state == optuna.trial.TrialState.PRUNED:
-            assert epochs < 6 and trial.user_attrs["epochs"] == epochs
+            assert epochs < 6 and trial.user_attrs["ravine"]["epochs"] == epochs
         else:
             assert epochs == 6
 
@@ -166,7 +166,7 @@ def test_a_diverging_trial_fails_without_stopping_the_study(tmp_path):
     states = {t.params["lr"]: t.state.name for t in result.study.trials}
     assert states == {0.05: "COMPLETE", 1e6: "FAIL"}
     failed = [t for t in result.study.trials if t.state.name == "FAIL"]
-    assert all(t.user_attrs.get("diverged") for t in failed)
+    assert all(t.user_attrs["ravine"]["diverged"] for t in failed)
     assert result.best_params == {"lr": 0.05}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ravine.report.plots import optimizer_color, save_figure
+from ravine.study.tune import trial_record
 
 
 def draw_tune_figures(result) -> list[Path]:
@@ -74,7 +75,7 @@ def _trials(study) -> list[dict[str, Any]]:
                 "value": t.value,
                 "params": dict(t.params),
                 "curve": curve,
-                "epochs": t.user_attrs.get("epochs", len(curve)),
+                "epochs": trial_record(t).get("epochs", len(curve)),
             }
         )
     return rows

@@ -39,7 +39,7 @@ from typing import Any
 
 from ravine.study.space import describe, resolve_space
 from ravine.study.tasks import DEFAULT_TASKS, Task, task
-from ravine.study.tune import PRUNERS, SAMPLERS, TuneConfig
+from ravine.study.tune import PRUNERS, SAMPLERS, TuneConfig, trial_record
 
 DEFAULT_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "nadam")
 RETRAIN_SEED = 1000  # the retraining seeds are 1000, 1001, ...: never the tuning seed
@@ -238,7 +238,7 @@ def _sensitivity(tuned) -> list[dict[str, Any]]:
             {
                 "params": dict(t.params),
                 "value": t.value,
-                "seed_values": t.user_attrs.get("seed_values", [t.value]),
+                "seed_values": trial_record(t).get("seed_values", [t.value]),
             }
         )
     return rows

@@ -60,7 +60,31 @@ def model_config(config: TrainConfig) -> ModelConfig:
 
 
 def prepare_data(config: TrainConfig) -> Splits:
-    """Load the data set, hold out a validation split, standardize on the training split."""
+    """Load the data set, hold out a validation split, standardize on the training split.
+
+    The last few results are kept (keyed by what they depend on): a study builds the same
+    data for every batch of trials. The tensors are shared, so they are never modified.
+    """
+    key = (
+        config.dataset,
+        repr(sorted(config.dataset_args.items())),
+        config.standardize,
+        config.val_fraction,
+        config.seed if config.val_fraction > 0 else None,
+    )
+    splits = _PREPARED.get(key)
+    if splits is None:
+        splits = _prepare_data(config)
+        _PREPARED[key] = splits
+        while len(_PREPARED) > 4:
+            _PREPARED.pop(next(iter(_PREPARED)))
+    return splits
+
+
+_PREPARED: dict[tuple, Splits] = {}
+
+
+def _prepare_data(config: TrainConfig) -> Splits:
     try:
         dataset = load_dataset(config.dataset, **config.dataset_args)
     except (TypeError, ValueError) as error:

@@ -302,7 +302,9 @@ class Trainer:
         policy = {**config.optimizer_args}.get("nonfinite", "raise")
         self.retire_diverged = policy != "skip"  # "skip" members go on, as a one-member run
 
-        shared = config.shared_data_order
+        # Members of one seed draw the same data order and noise (a batch of tuning trials):
+        # one stream serves them all, and their mini-batch is gathered once.
+        shared = config.shared_data_order or len({m.seed for m in self.members}) == 1
         first = self.members[0].seed
         run_seeds = [first if shared else m.seed for m in self.members]
         self.data_gens = [torch.Generator().manual_seed(seeds(s)["data"]) for s in run_seeds]
