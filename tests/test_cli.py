@@ -58,7 +58,7 @@ def test_documented_command_runs(command, tmp_path, monkeypatch, capsys):
         (["compare", "--steps", "many"], "Invalid value for '--steps'"),
         (["compare", "--format", "gif"], "--format must be png or svg"),
         (["compare", "--bogus"], "No such option: --bogus"),
-        (["tune"], "No such command 'tune'"),
+        (["tunes"], "No such command 'tunes'"),
         (["train", "--optimizer", "lion"], "unknown optimizer 'lion'; valid: sgd"),
         (["train", "--model", "resnet"], "unknown model 'resnet'; valid: presets"),
         (["train", "--config", "missing.toml"], "config file missing.toml does not exist"),
