@@ -40,6 +40,8 @@ from ravine.train.trainer import (
     Trainer,
     TrainResult,
     restart_members,
+    to_cpu,
+    to_device,
 )
 
 #: ``on_epoch(epoch, metrics) -> members to stop``: ``metrics`` maps each member still training
@@ -220,7 +222,7 @@ class _Run:
             self.snapshots = state["snapshots"]
             self.retired = {int(k): v for k, v in state["retired"].items()}
             if self.best is not None:
-                self.best = _to(state["best"], self.device)
+                self.best = to_device(state["best"], self.device)
             _load_callback_states(self.callbacks, state.get("callbacks", {}))
             self.start_epoch = self.resumed_from = state["epoch"]
         self.folder = folder
@@ -398,8 +400,8 @@ class _Run:
             "history": self.history,
             "steps": [list(s) for s in self.step_log],
             "snapshots": self.snapshots,
-            "retired": {str(k): _cpu(v) for k, v in self.retired.items()},
-            "best": _cpu(self.best) if self.best is not None else None,
+            "retired": {str(k): to_cpu(v) for k, v in self.retired.items()},
+            "best": to_cpu(self.best) if self.best is not None else None,
             "callbacks": _callback_states(self.callbacks),
         }
 
@@ -628,26 +630,6 @@ def _evaluator(trainer: Trainer, params, buffers):
         return lambda x: trainer.outputs(x, (params, buffers))
     state = {**{k: v[0] for k, v in params.items()}, **{k: v[0] for k, v in buffers.items()}}
     return lambda x: trainer.outputs(x, state)
-
-
-def _cpu(tree: Any) -> Any:
-    if isinstance(tree, Tensor):
-        return tree.detach().cpu()
-    if isinstance(tree, dict):
-        return {k: _cpu(v) for k, v in tree.items()}
-    if isinstance(tree, tuple | list):
-        return type(tree)(_cpu(v) for v in tree)
-    return tree
-
-
-def _to(tree: Any, device) -> Any:
-    if isinstance(tree, Tensor):
-        return tree.to(device)
-    if isinstance(tree, dict):
-        return {k: _to(v, device) for k, v in tree.items()}
-    if isinstance(tree, tuple | list):
-        return type(tree)(_to(v, device) for v in tree)
-    return tree
 
 
 def _callback_keys(callbacks: Sequence[Any]) -> list[str]:

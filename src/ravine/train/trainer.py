@@ -485,7 +485,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         if self.stacked:
             params, buffers = self.net.state()
-            network = {"params": _cpu(params), "buffers": _cpu(buffers)}
+            network = {"params": to_cpu(params), "buffers": to_cpu(buffers)}
         else:
             network = {"model": self.net.model.state_dict()}
         return {
@@ -566,17 +566,23 @@ def _default(optimizer: str, key: str) -> Any:
     raise ValueError(f"unknown hyperparameter {key!r} for optimizer {optimizer!r}")
 
 
-def _cpu(tree: Any) -> Any:
+def to_cpu(tree: Any) -> Any:
+    """Tensors in nested dicts / lists / tuples, detached on the host (for checkpoints)."""
     if isinstance(tree, Tensor):
         return tree.detach().cpu()
     if isinstance(tree, dict):
-        return {k: _cpu(v) for k, v in tree.items()}
+        return {k: to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, tuple | list):
+        return type(tree)(to_cpu(v) for v in tree)
     return tree
 
 
-def _to(tree: Any, device) -> Any:
+def to_device(tree: Any, device) -> Any:
+    """Tensors in nested dicts / lists / tuples, moved to ``device``."""
     if isinstance(tree, Tensor):
         return tree.to(device)
     if isinstance(tree, dict):
-        return {k: _to(v, device) for k, v in tree.items()}
+        return {k: to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, tuple | list):
+        return type(tree)(to_device(v, device) for v in tree)
     return tree
