@@ -76,11 +76,9 @@ def study_tables(result):
             )
         tables.append(table)
     overall = Table(
-        title="overall ranking",
+        title="overall ranking: area under the performance profile (1 = fastest to the "
+        "target on every task, 0 = never reached it)",
         title_justify="left",
-        caption="score: area under the performance profile; 1 = fastest to the target on "
-        "every task, 0 = never reached it",
-        caption_justify="left",
     )
     for column in ("#", "optimizer", "score"):
         overall.add_column(column, justify="left" if column == "optimizer" else "right")
@@ -135,8 +133,9 @@ def _curves(result, task_name: str, path: Path) -> Path:
         scale = 100 if classification else 1
         lows += [scale * v for v in lo[1:] if math.isfinite(v)]
         ax.plot(epochs, [scale * v for v in med], color=color, lw=1.5, label=optimizer)
+        # Light bands: several optimizers overlap here, and dense bands turn into one mud.
         ax.fill_between(
-            epochs, [scale * v for v in lo], [scale * v for v in hi], color=color, alpha=0.15, lw=0
+            epochs, [scale * v for v in lo], [scale * v for v in hi], color=color, alpha=0.07, lw=0
         )
     target = spec.target * (100 if classification else 1)
     ax.axhline(target, color="black", ls="--", lw=0.9, label=f"target {target:g}")
