@@ -133,12 +133,10 @@ def _run(config, out: Path, storage, pool, replace: bool) -> None:
         transient=True,
     ) as progress:
         bar = progress.add_task("study", total=cells, status="")
-        done = {"cells": 0}
 
         def on_progress(info: dict) -> None:
             where = f"{info.get('task')}/{info.get('optimizer')}"
             if info.get("phase") == "tune" and "cell" in info:
-                done["cells"] = info["cell"]
                 progress.update(bar, completed=info["cell"], status=f"{where}: tuning")
             elif info.get("phase") == "retrain":
                 progress.update(

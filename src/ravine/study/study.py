@@ -350,20 +350,12 @@ def cell_rows(result: StudyResult) -> list[dict[str, Any]]:
 
 def write_study_outputs(result: StudyResult) -> None:
     """``study.json`` (everything), ``study.csv`` (one row per task and optimizer)."""
-    import csv
-    import io
-
     from ravine.folders import atomic_write_text
-    from ravine.train.outputs import strict_json
+    from ravine.train.outputs import strict_json, write_csv
 
     out = result.out_dir
     rows = cell_rows(result)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(strict_json(rows))
-    atomic_write_text(out / "study.csv", buffer.getvalue())
+    write_csv(out / "study.csv", rows)
     document = {
         "config": json.loads(result.config.describe()),
         "spaces": {

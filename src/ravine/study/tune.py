@@ -624,11 +624,8 @@ def trial_rows(study) -> list[dict[str, Any]]:
 def write_tune_outputs(result: TuneResult) -> None:
     """``trials.csv``, ``trials.json``, ``tune.json`` and ``best.toml`` (a run config that
     ``ravine train --config best.toml`` reproduces the best trial with)."""
-    import csv
-    import io
-
     from ravine.folders import atomic_write_text
-    from ravine.train.outputs import strict_json
+    from ravine.train.outputs import strict_json, write_csv
 
     out = result.out_dir
     study = result.study
@@ -637,12 +634,7 @@ def write_tune_outputs(result: TuneResult) -> None:
         t.number: [[step, value] for step, value in sorted(t.intermediate_values.items())]
         for t in study.get_trials(deepcopy=False)
     }
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(strict_json(rows))
-    atomic_write_text(out / "trials.csv", buffer.getvalue())
+    write_csv(out / "trials.csv", rows)
     document = {"trials": rows, "curves": {str(k): v for k, v in curves.items()}}
     atomic_write_text(out / "trials.json", json.dumps(strict_json(document), indent=1))
     summary = {

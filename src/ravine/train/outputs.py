@@ -102,11 +102,18 @@ def write_members(out: Path, config: TrainConfig, result, standardizer, rows: li
         "per_member": rows,
     }
     atomic_write_text(out / "restarts.json", json.dumps(strict_json(report), indent=2))
+    write_csv(out / "restarts.csv", rows)
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Rows of dicts as a CSV table (columns in the order they first appear; NaN/Inf empty),
+    written atomically."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
-    writer.writerows(strict_json(rows))
-    atomic_write_text(out / "restarts.csv", buffer.getvalue())
+    writer.writerows(strict_json(list(rows)))
+    atomic_write_text(path, buffer.getvalue())
 
 
 def summarize(final: list[dict[str, float]], healthy: list[int], val_key: str) -> dict[str, Any]:
