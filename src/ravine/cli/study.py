@@ -61,6 +61,10 @@ def study(
             "command continues the same study."
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Intra-op threads. Default: 1 for small networks, else torch's."),
+    ] = None,
     replace: Annotated[bool, typer.Option(help="Replace what the output folder holds.")] = False,
 ) -> None:
     """Which optimizer trains each network best, and how sure are we?
@@ -100,7 +104,7 @@ def study(
     pool = executor_of(executor, address, parallel)
     out = out or _default_folder(config)
     first = config.task(config.tasks[0]).config
-    threads_for(first, min(config.batch, config.trials * config.tune_seeds))
+    threads_for(first, min(config.batch, config.trials * config.tune_seeds), threads)
     _run(config, out, storage, pool, replace)
 
 

@@ -59,6 +59,10 @@ def tune(
             "so the same command continues the same study."
         ),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Intra-op threads. Default: 1 for small networks, else torch's."),
+    ] = None,
     replace: Annotated[
         bool, typer.Option(help="Replace the study or run the output folder holds.")
     ] = False,
@@ -103,7 +107,7 @@ def tune(
     )
     pool = executor_of(executor, address, parallel)  # validated before any work
     out = out or _default_folder(tune_config)
-    threads_for(tune_config.train, tune_config.batch)
+    threads_for(tune_config.train, tune_config.batch, threads)
     _run(tune_config, out, storage, pool, replace)
 
 

@@ -95,7 +95,9 @@ def bmm_forward(model: nn.Module) -> Forward | None:
             if op == "flatten":
                 h = h.flatten(2)
             elif op == "linear":
-                weight = params[f"{prefix}.weight"].transpose(1, 2)  # (N, in, out)
+                # The flat engine stores members innermost (ravine.optim.members): one copy
+                # to the (N, out, in) layout costs less than bmm's strided slow path.
+                weight = params[f"{prefix}.weight"].contiguous().transpose(1, 2)  # (N, in, out)
                 bias = params.get(f"{prefix}.bias")
                 if bias is None:
                     h = torch.bmm(h, weight)

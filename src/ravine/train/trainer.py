@@ -414,6 +414,8 @@ class Trainer:
         if not self.retire_diverged:
             return
         dead = self.diverged_step >= 0  # (N,)
+        if dead.device.type == "cpu" and not bool(dead.any()):
+            return  # (on a CPU reading the flags costs nothing: skip the pass when none died)
         for g in grads:
             g.masked_fill_(dead.view(-1, *[1] * (g.dim() - 1)), math.nan)
 
