@@ -330,7 +330,9 @@ def mnist1d(*, seed: int = 42, cache_dir: str | os.PathLike[str] | None = None) 
 
     Args:
       seed: the generator's seed; the package default 42 gives the published data set.
-      cache_dir: directory for the on-disk cache (created if missing); None keeps it in memory.
+      cache_dir: directory for the on-disk cache (created if missing; ``~`` expands); None keeps
+        it in memory. In a ``ravine train`` config it must lie inside the run's output folder
+        or the cache folder (``$RAVINE_CACHE``, default ``~/.cache/ravine``).
 
     Reference: S. Greydanus and D. Kobak, "Scaling Down Deep Learning with MNIST-1D",
     ICML 2024 (arXiv:2011.14439, 2020).
@@ -340,7 +342,7 @@ def mnist1d(*, seed: int = 42, cache_dir: str | os.PathLike[str] | None = None) 
     if cache_dir is None:
         arrays = _generate_mnist1d(seed)
     else:
-        arrays = _cached_mnist1d(seed, Path(cache_dir))
+        arrays = _cached_mnist1d(seed, Path(cache_dir).expanduser())
     x_train, y_train, x_test, y_test = arrays
     return Dataset(
         name=owner,
