@@ -24,10 +24,10 @@ from ravine.probe import (
     top_eigenvalues,
     trajectory,
 )
-from ravine.train.checkpoint import atomic_write_text, load_checkpoint
+from ravine.train.checkpoint import atomic_write_text
 from ravine.train.config import ConfigError
 from ravine.train.loop import loss_function
-from ravine.train.run import load_run
+from ravine.train.run import load_run, read_weights
 
 
 def probe_run(run_dir: str | Path, *, examples: int = 1000, k: int = 5) -> dict[str, Any]:
@@ -36,6 +36,11 @@ def probe_run(run_dir: str | Path, *, examples: int = 1000, k: int = 5) -> dict[
     from ravine.report.gradients import plot_gradient_flow
 
     run = load_run(run_dir)
+    parameters = sum(p.numel() for p in run.model.parameters())
+    if k > parameters:
+        raise ConfigError(
+            f"k must be <= the network's {parameters:,} parameters (one eigenvalue each), got {k}"
+        )
     splits = run.splits
     x = run.inputs(splits.x_train[:examples])
     y = splits.y_train[:examples]
@@ -137,7 +142,7 @@ def landscape_run(
                 f"{out} has {len(files)} saved epochs; a trajectory needs the weights of every "
                 "epoch: train with --keep-weights"
             )
-        checkpoints = [load_checkpoint(f)["model"] for f in files]
+        checkpoints = [read_weights(f, run.model, "config.toml") for f in files]
         path = trajectory(run.model, checkpoints, loss_fn, data, resolution=resolution)
         path.save(npz)
         plot_trajectory(path, png, title="training trajectory on its top-2 PCA axes")
