@@ -279,6 +279,7 @@ CONFIGS = {
     "root.toml": ("[data]\nname = 'mnist'\nroot = 'nowhere'\n", r"\[data\] root: nowhere does"),
     "root-type.toml": ("[data]\nname = 'mnist'\nroot = 5\n", "root must be a path"),
     "big.toml": ("# " + "x" * (1 << 20) + "\n", "larger than 1.0 MiB"),
+    "split.toml": ("[data]\nval_fraction = 0.9999\n", "holds out 1,437 of the 1,437 .* none"),
 }
 
 
@@ -461,6 +462,10 @@ def no_model(run: Path) -> None:
     (run / "model.pt").unlink()
 
 
+def escape_cache(run: Path) -> None:
+    (run / "config.toml").write_text("[data]\nname = 'mnist1d'\ncache_dir = '../../x'\n")
+
+
 def bad_weights(run: Path) -> None:
     weights = run / "weights"
     weights.mkdir(exist_ok=True)
@@ -476,6 +481,7 @@ def bad_weights(run: Path) -> None:
         (swap_config, r"model.pt does not hold the model that .*config.toml describes"),
         (other_data, r"has 'hidden0.linear.weight' in another shape"),
         (no_model, r"has no model.pt: the run has not finished"),
+        (escape_cache, r"cache_dir = '../../x' writes outside the run's output folder"),
         (bad_weights, r"epoch-0000.pt is not a checkpoint ravine can read"),
     ],
 )

@@ -116,7 +116,8 @@ class Example:
         cache = Path(os.environ["RAVINE_CACHE"]).resolve()
         for path in sorted(set(after) - set(before)):
             inside = any(_within(path, o) for o in [*outputs, cache])
-            assert inside, f"{path} was written outside the output folder\n{context}"
+            parent = path.is_dir() and any(_within(o, path) for o in outputs)  # mkdir -p
+            assert inside or parent, f"{path} was written outside the output folder\n{context}"
         changed = [p for p in before if p in after and after[p] != before[p]]
         for path in changed:
             assert any(_within(path, o) for o in outputs), f"{path} was changed\n{context}"

@@ -391,7 +391,7 @@ def _preflight(run) -> None:
     import torch
 
     from ravine.optim import make_optimizer
-    from ravine.problems import ModelConfig
+    from ravine.problems import ModelConfig, load_dataset
     from ravine.train import ConfigError, budget
     from ravine.train.loop import model_config, prepare_data
 
@@ -410,6 +410,12 @@ def _preflight(run) -> None:
             )
         except (ValueError, TypeError) as error:
             raise ConfigError(f"optimizer: {error}") from None
+        if run.val_fraction:  # prepare_data fails obscurely when nothing is left to train on
+            try:
+                dataset = load_dataset(run.dataset, **run.dataset_args)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"data: {error}") from None
+            budget.check_split(run, len(dataset.x_train))
         splits = prepare_data(run)
         budget.check(run, splits)
         if run.pretrained:

@@ -71,6 +71,17 @@ def estimate(config: TrainConfig, splits: Splits) -> Budget:
     return Budget(updates, size.parameters, copies, memory)
 
 
+def check_split(config: TrainConfig, n_examples: int) -> None:
+    """``ConfigError`` unless holding out ``val_fraction`` of ``n_examples`` (as
+    ``loop.prepare_data`` does: at least one) leaves training examples."""
+    held_out = max(1, round(config.val_fraction * n_examples)) if config.val_fraction else 0
+    if n_examples - held_out < 1:
+        raise ConfigError(
+            f"val_fraction={config.val_fraction!r} holds out {held_out:,} of the "
+            f"{n_examples:,} training examples, leaving none to train on"
+        )
+
+
 def check(config: TrainConfig, splits: Splits) -> Budget:
     """:func:`estimate`, refusing (``ConfigError``) a run over the update or memory limit."""
     budget = estimate(config, splits)
