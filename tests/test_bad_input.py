@@ -499,6 +499,14 @@ def test_probe_and_landscape_of_a_broken_run_folder(damage, message, cwd, capsys
         assert re.search(message, run_cli(argv, capsys))
 
 
+def test_a_damaged_checkpoint_in_the_output_folder(cwd, capsys):
+    (cwd / "r").mkdir()
+    (cwd / "r" / "checkpoint.pt").write_bytes(b"junk")
+    err = run_cli(["train", "--epochs", "1", "--out", "r"], capsys)
+    assert "checkpoint r/checkpoint.pt is unreadable" in err and "--fresh" in err
+    run_cli(["train", "--epochs", "1", "--out", "r", "--fresh"], capsys, 0)
+
+
 def test_probe_refuses_more_eigenvalues_than_parameters(cwd, capsys, tiny_run):
     err = run_cli(["probe", tiny_run, "--examples", "20", "--k", "7"], capsys)
     assert "k must be <= the network's 6 parameters" in err

@@ -500,6 +500,14 @@ def _run_training(run, out: Path, curvature_every: int = 0, gradient_health: boo
             if any(out.glob("*checkpoint.pt")):
                 console.print(f"the last good checkpoint is in {out}/")
             raise typer.Exit(1) from None
+        except ValueError as error:
+            # load_checkpoint's documented ValueError for a damaged checkpoint in the output
+            # folder (a run to resume): the user's to fix, not a bug.
+            if not str(error).startswith(f"checkpoint {out}") or "is unreadable" not in str(error):
+                raise
+            raise UsageFailure(
+                f"{errors.one_line(str(error))}; start over with --fresh, or use another --out"
+            ) from None
     if result.resumed_from_epoch:
         console.print(f"resumed from epoch {result.resumed_from_epoch}")
     if run.restarts > 1:
