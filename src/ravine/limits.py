@@ -35,6 +35,8 @@ MAX_RESOLUTION = 1_000
 MAX_EIGENVALUES = 1_000
 #: Arrays and inline tables inside a config value (a per-layer list is one level).
 MAX_NESTING = 8
+#: A config file larger than this is not a ravine config (and /dev/zero would never end).
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class SettingError(ValueError):

@@ -92,9 +92,10 @@ def check(config: TrainConfig, splits: Splits) -> Budget:
         )
     most = limits.max_updates()
     if budget.updates > most:
+        per_epoch = math.ceil(len(splits.x_train) / config.batch_size)
         raise ConfigError(
             f"the run asks for {limits.format_count(budget.updates)} updates "
-            f"({config.epochs:,} epochs of {math.ceil(len(splits.x_train) / config.batch_size):,}), "
+            f"({config.epochs:,} epochs of {per_epoch:,}), "
             f"more than the limit of {limits.format_count(most)}; set max_steps or fewer "
             "epochs (RAVINE_MAX_UPDATES raises the limit)"
         )

@@ -180,8 +180,6 @@ _ARGS_TABLES = {
     "optimizer_args": "optimizer",
     "schedule_args": "schedule",
 }
-#: A config file larger than this is not a ravine config (and /dev/zero would never end).
-MAX_CONFIG_BYTES = 1 << 20
 
 
 class ConfigError(ValueError):
@@ -221,7 +219,7 @@ def _read_toml(path: str | Path, source: str) -> dict[str, Any]:
         raise ConfigError(f"config file {source} is a folder, not a TOML file")
     try:
         with open(path, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
+            data = handle.read(limits.MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file {source} does not exist") from None
     except PermissionError:
@@ -229,10 +227,11 @@ def _read_toml(path: str | Path, source: str) -> dict[str, Any]:
     except (OSError, ValueError) as error:  # ValueError: a NUL in the name
         reason = getattr(error, "strerror", None) or str(error)
         raise ConfigError(f"config file {source} cannot be read: {reason}") from None
-    if len(data) > MAX_CONFIG_BYTES:
+    if len(data) > limits.MAX_CONFIG_BYTES:
         raise ConfigError(
-            f"config file {source} is larger than {limits.format_bytes(MAX_CONFIG_BYTES)}; "
-            "a run config is a few hundred bytes of TOML"
+            f"config file {source} is larger than "
+            f"{limits.format_bytes(limits.MAX_CONFIG_BYTES)}; a run config is a few hundred "
+            "bytes of TOML"
         )
     try:
         text = data.decode("utf-8")
