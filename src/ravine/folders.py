@@ -326,7 +326,7 @@ class RunFolder:
             _remove_temporaries(path)
             existing = _read_owner(path)
             resuming = False
-            if existing is None and _has_results(path):
+            if existing is None and _has_results(path) and not _only_ravine_files(path):
                 existing = _legacy_owner(path)
                 if existing is None and not replace:
                     raise FolderTakenError(
@@ -441,6 +441,17 @@ _LEGACY_FILES = (
 
 def _has_results(path: Path) -> bool:
     return any(entry.name != BOOKKEEPING for entry in path.iterdir())
+
+
+def _only_ravine_files(path: Path) -> bool:
+    """Whether every file under ``path`` is one a ravine manifest lists (e.g. a data cache
+    the run's own config put in its output folder before the run claimed it)."""
+    for entry in path.rglob("*"):
+        if BOOKKEEPING in entry.parts or not entry.is_file():
+            continue
+        if entry.name not in _read_manifest(entry.parent):
+            return False
+    return True
 
 
 def _legacy_owner(path: Path) -> Owner | None:

@@ -1,17 +1,26 @@
 """The ``ravine`` command line.
 
-torch and matplotlib are imported inside the commands, so ``ravine --help`` stays instant.
-Bad input of any kind (unknown option or name, invalid value) prints one line on stderr and
-exits with status 2, never a traceback.
+torch and matplotlib are imported inside the commands, so ``ravine --help`` stays instant, and
+options are checked before those imports, so a typo fails at once. Bad input of any kind
+(unknown option or name, invalid value, unusable file, full disk, too little memory) prints
+one line on stderr and exits with status 2, never a traceback; :mod:`ravine.cli.errors` holds
+the mapping of every failure to its line and exit code.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from ravine import limits
+from ravine.cli import errors
+from ravine.cli.errors import EXIT_USAGE, Interrupted, UsageFailure
 
 try:  # recent typer vendors its own click; older releases use click itself
     from typer._click import exceptions as click_exceptions
@@ -27,15 +36,73 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-EXIT_USAGE = 2
+__all__ = ["EXIT_USAGE", "UsageFailure", "app", "main"]
 
 
-class UsageFailure(Exception):
-    """Bad input found by a command; ``main`` prints it on one line and exits 2."""
+class _Escaped(Exception):
+    """Carries a command's exception past typer, which would turn Ctrl-C into a silent exit
+    130 and an EOFError into "Aborted!", to :func:`main`'s boundary."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
 
 
-class Interrupted(Exception):
-    """Ctrl-C during a run; ``main`` prints where its last checkpoint is and exits 130."""
+def _guarded(command):
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (SystemExit, typer.Exit, click_exceptions.ClickException):
+            raise
+        except BaseException as error:
+            raise _Escaped(error) from error
+
+    return run
+
+
+def command(function):
+    """``@app.command()`` with the error boundary around the command's body."""
+    return app.command()(_guarded(function))
+
+
+def _check_count(
+    option: str, value: int | None, low: int, high: int = limits.MAX_INT, why: str = " (64 bits)"
+) -> None:
+    """Refuse an integer option outside ``[low, high]`` before anything heavy is imported."""
+    if value is None:
+        return
+    if value < low:
+        raise UsageFailure(f"{option} must be an integer >= {low}, got {value}")
+    if value > high:
+        raise UsageFailure(f"{option} must be <= {high:,}{why}, got {limits.format_count(value)}")
+
+
+def _check_path(option: str, path: Path) -> None:
+    text = os.fspath(path)
+    if not text or "\0" in text:
+        raise UsageFailure(f"{option} {text!r} is not a usable path")
+    try:
+        os.fsencode(text)
+    except UnicodeError:
+        raise UsageFailure(f"{option} {text!r} cannot be a file name on this system") from None
+
+
+def _check_output(out: Path, option: str = "--out") -> None:
+    """The output folder can be created and written: not a file, not under a file, writable."""
+    _check_path(option, out)
+    if out.exists() and not out.is_dir():
+        raise UsageFailure(f"{option} {out} exists and is not a folder")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise UsageFailure(f"{option} {out}: {parent} is a file, not a folder")
+    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageFailure(
+            f"{option} {out}: cannot write in {parent} (permission denied or read-only)"
+        )
+    errors.note_output(out)
 
 
 _COMMAND_LINE: list[str] = []  # what main() was called with: the resume command repeats it
@@ -46,7 +113,7 @@ def _root() -> None:
     """Choose, compare, tune and debug how neural networks are optimized."""
 
 
-@app.command()
+@command
 def compare(
     opt: Annotated[
         list[str] | None,
@@ -69,8 +136,10 @@ def compare(
     starts: Annotated[
         int, typer.Option(help="Random starting points per optimizer and problem.")
     ] = 8,
-    steps: Annotated[int, typer.Option(help="Updates per run.")] = 1500,
-    seed: Annotated[int, typer.Option(help="Seed of the starting points.")] = 0,
+    steps: Annotated[
+        int, typer.Option(help="Updates per run (at most 100,000,000: RAVINE_MAX_UPDATES).")
+    ] = 1500,
+    seed: Annotated[int, typer.Option(help="Seed of the starting points (below 2**44).")] = 0,
     out: Annotated[
         Path | None,
         typer.Option(help="Output folder. Default: ravine-runs/compare-<date>-<time>."),
@@ -97,9 +166,19 @@ def compare(
 
       ravine compare --opt sgd:lr=0.002 --opt adam:lr=0.02 --problem rosenbrock --steps 3000
     """
+    _check_count("--starts", starts, 1)
+    _check_count(
+        "--steps", steps, 1, limits.max_updates(), " (RAVINE_MAX_UPDATES raises the limit)"
+    )
+    _check_count(
+        "--seed", seed, 0, limits.MAX_COMPARE_SEED, " (starts are drawn from seed * 1_000_003)"
+    )
     if image_format not in ("png", "svg"):
         raise UsageFailure(f"--format must be png or svg, got {image_format!r}")
     import time
+
+    out = out or Path("ravine-runs") / time.strftime("compare-%Y%m%d-%H%M%S")
+    _check_output(out)
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -123,7 +202,6 @@ def compare(
         )
     except (ValueError, TypeError) as error:
         raise UsageFailure(str(error)) from None
-    out = out or Path("ravine-runs") / time.strftime("compare-%Y%m%d-%H%M%S")
     with _claim(out, "compare", repr(config), replace=replace) as folder:
         console = Console()
         total = len(config.optimizers) * len(config.problems) * config.steps
@@ -145,7 +223,7 @@ def compare(
     console.print(f"wrote {len(written)} files to {out}/")
 
 
-@app.command()
+@command
 def train(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="TOML run config (see configs/).")
@@ -172,13 +250,18 @@ def train(
     schedule: Annotated[str | None, typer.Option(help="Schedule name, e.g. cosine.")] = None,
     init: Annotated[str | None, typer.Option(help="Weight init scheme, e.g. he_normal.")] = None,
     activation: Annotated[str | None, typer.Option(help="Hidden activation.")] = None,
-    depth: Annotated[int | None, typer.Option(help="Hidden layers.")] = None,
-    width: Annotated[int | None, typer.Option(help="Units per hidden layer.")] = None,
+    depth: Annotated[int | None, typer.Option(help="Hidden layers (at most 10,000).")] = None,
+    width: Annotated[
+        int | None, typer.Option(help="Units per hidden layer (at most 1,000,000).")
+    ] = None,
     batch_norm: Annotated[
         bool | None, typer.Option("--batch-norm/--no-batch-norm", help="Batch normalization.")
     ] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout probability.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training data.")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Passes over the training data (at most 100,000,000 updates in all)."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per update.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every random stream.")] = None,
     restarts: Annotated[
@@ -216,7 +299,10 @@ def train(
     """Train a network; resume automatically from the output folder's checkpoint.
 
     Flags override the config file. Writes config.toml, metrics.jsonl, steps.csv,
-    checkpoint.pt, model.pt, summary.json and curves.png to the output folder.
+    checkpoint.pt, model.pt, summary.json and curves.png to the output folder. A run too
+    large for this machine's memory, or of more than 100,000,000 updates, is refused up
+    front (RAVINE_MEMORY_LIMIT, RAVINE_MAX_UPDATES). Exit status: 0 done, 1 diverged,
+    2 bad input, 130 interrupted.
 
     Examples:
 
@@ -226,8 +312,12 @@ def train(
 
       ravine train --restarts 8 --epochs 3
     """
+    _check_count("--depth", depth, 0, limits.MAX_DEPTH, "")
+    _check_count("--width", width, 1, limits.MAX_WIDTH, "")
+    _check_count("--curvature-every", curvature_every, 0)
+    import dataclasses
 
-    from ravine.train import ConfigError, load_config
+    from ravine.train.config import ConfigError, check_paths, load_config  # torch-free
 
     model_args = {
         k: v
@@ -241,16 +331,15 @@ def train(
         }.items()
         if v is not None
     }
+    pairs = _split_pairs(opt_arg or [])
     try:
-        optimizer_args = _parse_pairs(opt_arg or [])
-        if lr is not None:
-            optimizer_args["lr"] = lr
+        # The file and every flag are checked before torch is imported; --opt-arg values
+        # are read by the optimizer registry, which needs it.
         run = load_config(
             config,
             dataset=dataset,
             model=model,
             optimizer=optimizer,
-            optimizer_args=optimizer_args or None,
             model_args=model_args or None,
             schedule=schedule,
             epochs=epochs,
@@ -262,15 +351,27 @@ def train(
             early_stopping=early_stopping,
             keep_weights=keep_weights,
         )
+        optimizer_args = {"lr": lr} if lr is not None else {}
+        optimizer_args.update(_parse_values(pairs))
+        if optimizer_args:
+            try:
+                run = dataclasses.replace(
+                    run, optimizer_args={**run.optimizer_args, **optimizer_args}
+                )
+            except (ValueError, TypeError) as error:
+                raise ConfigError(str(error)) from None
+        out = out or default_run_folder(run)
+        _check_output(out)
+        check_paths(run, out)
     except (ConfigError, ValueError) as error:
         raise UsageFailure(str(error)) from None
-    out = out or default_run_folder(run)
-    if curvature_every < 0 or (curvature_every and run.restarts > 1):
+    if curvature_every and run.restarts > 1:
         raise UsageFailure(
             f"--curvature-every must be >= 0 and needs restarts = 1, got {curvature_every}"
         )
     if gradient_health and run.restarts > 1:
         raise UsageFailure("--gradient-health needs restarts = 1")
+    _preflight(run)  # the model, the optimizer, the data, the update count, the memory
     _run_training(run, out, curvature_every, gradient_health, replace=replace)
 
 
@@ -280,7 +381,7 @@ def _claim(out: Path, kind: str, config: str, *, replace: bool):
 
     try:
         return RunFolder.claim(out, kind, config, replace=replace)
-    except (FolderTakenError, FolderInUseError, OSError) as error:
+    except (FolderTakenError, FolderInUseError) as error:  # (OSErrors: the boundary words them)
         raise UsageFailure(str(error)) from None
 
 
@@ -291,7 +392,8 @@ def default_run_folder(run) -> Path:
 
     from ravine.train.config import dump_toml
 
-    digest = hashlib.sha256(dump_toml(run.to_toml_tables()).encode()).hexdigest()[:10]
+    text = dump_toml(run.to_toml_tables())
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     name = f"train-{run.dataset}-{run.model}-{run.optimizer}-{digest}"
     return Path("ravine-runs") / "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
@@ -310,16 +412,87 @@ def _interrupted_message(out: Path) -> str:
     )
 
 
-def _parse_pairs(pairs: list[str]) -> dict:
-    from ravine.optim.registry import _parse_value
-
-    parsed = {}
+def _split_pairs(pairs: list[str]) -> list[tuple[str, str]]:
+    split = []
     for pair in pairs:
         key, eq, raw = pair.partition("=")
         if not eq:
-            raise ValueError(f"--opt-arg {pair!r} is not KEY=VALUE")
-        parsed[key.strip()] = _parse_value(raw.strip(), key.strip())
-    return parsed
+            raise UsageFailure(f"--opt-arg {pair!r} is not KEY=VALUE")
+        if not key.strip():
+            raise UsageFailure(f"--opt-arg {pair!r} has no KEY before the =")
+        split.append((key.strip(), raw.strip()))
+    return split
+
+
+def _parse_values(pairs: list[tuple[str, str]]) -> dict:
+    if not pairs:
+        return {}
+    from ravine.optim.registry import _parse_value
+
+    return {key: _parse_value(raw, key) for key, raw in pairs}
+
+
+def _preflight(run) -> None:
+    """Check what needs torch before any work: model, optimizer, data, size of the run."""
+    import dataclasses
+
+    import torch
+
+    from ravine.optim import make_optimizer
+    from ravine.problems import ModelConfig, load_dataset
+    from ravine.train import ConfigError, budget
+    from ravine.train.build import check_split, model_config, prepare_data
+
+    try:
+        fields = [f.name for f in dataclasses.fields(ModelConfig)]
+        unknown = [key for key in run.model_args if key not in fields]
+        if unknown:
+            raise ConfigError(
+                f"unknown key {unknown[0]!r} in [model]; valid: preset, pretrained, "
+                f"{', '.join(fields)}"
+            )
+        model_config(run)
+        try:
+            make_optimizer(
+                run.optimizer, [torch.nn.Parameter(torch.zeros(1))], **run.optimizer_args
+            )
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"optimizer: {error}") from None
+        if run.val_fraction:  # prepare_data fails obscurely when nothing is left to train on
+            try:
+                dataset = load_dataset(run.dataset, **run.dataset_args)
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"data: {error}") from None
+            check_split(run, len(dataset.x_train))
+        splits = prepare_data(run)
+        budget.check(run, splits)
+        if run.pretrained:
+            _check_pretrained(run, splits)
+    except ConfigError as error:
+        raise UsageFailure(str(error)) from None
+
+
+def _check_pretrained(run, splits) -> None:
+    # The trainer would meet an unreadable file only after it built the model; a file a user
+    # names can be broken in more ways than torch.load has exception types.
+    from ravine.problems import build_model, pre_initialize
+    from ravine.train import ConfigError
+    from ravine.train.build import input_view, model_config
+
+    mconfig = model_config(run)
+    dataset = splits.dataset
+    model = build_model(
+        mconfig, input_view(mconfig, dataset), dataset.num_classes or dataset.y_train.shape[1]
+    )
+    try:
+        record = pre_initialize(model, run.pretrained, strict=False)
+    except Exception as error:
+        detail = errors.one_line(str(error)) or type(error).__name__
+        raise ConfigError(
+            f"[model] pretrained: {run.pretrained} is not a checkpoint ravine can read ({detail})"
+        ) from None
+    if not record.loaded:
+        raise ConfigError(f"[model] pretrained: nothing in {run.pretrained} matches the model")
 
 
 def _run_training(
@@ -394,11 +567,13 @@ def _run_training(
     console.print(f"wrote {out}/")
 
 
-@app.command()
+@command
 def probe(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by ravine train.")],
     examples: Annotated[int, typer.Option(help="Training examples the probes use.")] = 1000,
-    k: Annotated[int, typer.Option(help="Top and bottom Hessian eigenvalues to find.")] = 5,
+    k: Annotated[
+        int, typer.Option(help="Top and bottom Hessian eigenvalues to find (at most 1,000).")
+    ] = 5,
 ) -> None:
     """Gradient health, curvature and saddle report of a trained run.
 
@@ -409,8 +584,10 @@ def probe(
 
       ravine probe ravine-runs/digits
     """
-    if examples < 1 or k < 1:
-        raise UsageFailure(f"--examples and --k must be >= 1, got {examples} and {k}")
+    _check_count("--examples", examples, 1)
+    _check_count("--k", k, 1, limits.MAX_EIGENVALUES, "")
+    _check_path("the run folder", run_dir)
+    errors.note_output(run_dir)
     from rich.console import Console
 
     from ravine.folders import DamagedFileError, FolderInUseError
@@ -428,11 +605,11 @@ def probe(
     console.print(f"wrote probe.json and figures to {run_dir}/")
 
 
-@app.command()
+@command
 def landscape(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by ravine train.")],
     kind: Annotated[str, typer.Option(help="interp, surface or trajectory.")] = "surface",
-    resolution: Annotated[int, typer.Option(help="Grid points per axis.")] = 25,
+    resolution: Annotated[int, typer.Option(help="Grid points per axis (2 to 1,000).")] = 25,
     examples: Annotated[int, typer.Option(help="Examples per split evaluated.")] = 1000,
 ) -> None:
     """Loss landscape of a trained run: interpolation, surface, or trajectory.
@@ -449,10 +626,10 @@ def landscape(
     kinds = ("interp", "surface", "trajectory")
     if kind not in kinds:
         raise UsageFailure(f"unknown --kind {kind!r}; valid: {', '.join(kinds)}")
-    if resolution < 2 or examples < 1:
-        raise UsageFailure(
-            f"--resolution must be >= 2 and --examples >= 1, got {resolution} and {examples}"
-        )
+    _check_count("--resolution", resolution, 2, limits.MAX_RESOLUTION, "")
+    _check_count("--examples", examples, 1)
+    _check_path("the run folder", run_dir)
+    errors.note_output(run_dir)
     from rich.console import Console
 
     from ravine.folders import DamagedFileError, FolderInUseError
@@ -539,30 +716,45 @@ def _print_restarts(console, result) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and turn every kind of bad input into one line and exit 2."""
+    """Entry point: run the app; every failure ends as one line and an exit code
+    (:mod:`ravine.cli.errors`): 2 for what the user can fix, 1 for a diverged run or a bug,
+    130 when interrupted."""
     _COMMAND_LINE[:] = sys.argv[1:] if argv is None else list(argv)
+    errors.note_output("the output folder")
+    _tolerate_unencodable_output()
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=argv, prog_name="ravine", standalone_mode=False)
     except click_exceptions.NoArgsIsHelpError as shown:
         print(shown.format_message() if hasattr(shown, "format_message") else shown)
         return 0
-    except click_exceptions.UsageError as error:
-        command = error.ctx.command_path if error.ctx else "ravine"
-        print(f"error: {error.format_message()} (see '{command} --help')", file=sys.stderr)
-        return EXIT_USAGE
-    except UsageFailure as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except Interrupted as stop:
-        print(stop, file=sys.stderr)
-        return 130
-    except (typer.Abort, KeyboardInterrupt):
-        print("aborted", file=sys.stderr)
-        return 130
     except typer.Exit as done:
-        return done.exit_code
-    # In this mode a command's typer.Exit(code) comes back as the return value.
+        code = done.exit_code
+    except _Escaped as escaped:
+        if isinstance(escaped.error, BrokenPipeError):
+            _silence_stdout()
+        return errors.report(escaped.error)
+    except (Exception, KeyboardInterrupt) as error:
+        return errors.report(error)
+    # In this mode a command's typer.Exit(code) comes back as the return value; typer turns
+    # a Ctrl-C while it parses the command line into 130.
+    if code == errors.EXIT_INTERRUPTED:
+        return errors.report(KeyboardInterrupt())
     return code if isinstance(code, int) else 0
+
+
+def _tolerate_unencodable_output() -> None:
+    # A file name from undecodable bytes must not turn "wrote ... to <out>" into a crash.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        with contextlib.suppress(ValueError, OSError):  # closed or exotic streams
+            reconfigure(errors="backslashreplace")
+
+
+def _silence_stdout() -> None:
+    # The reader of stdout went away (`ravine compare | head`): stop Python from failing
+    # again when it flushes stdout at exit.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 # Command groups in their own modules register on `app` when imported (after it exists).

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from ravine.cli.main import UsageFailure, app
+from ravine.cli.main import UsageFailure, command
 
 
-@app.command()
+@command
 def study(
     optimizer: Annotated[
         list[str] | None,
@@ -104,8 +104,8 @@ def study(
     pool = executor_of(executor, address, parallel)
     out = out or _default_folder(config)
     first = config.task(config.tasks[0]).config
-    threads_for(first, min(config.batch, config.trials * config.tune_seeds), threads)
-    _run(config, out, storage, pool, replace)
+    with threads_for(first, min(config.batch, config.trials * config.tune_seeds), threads):
+        _run(config, out, storage, pool, replace)
 
 
 def _default_folder(config) -> Path:

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from ravine.cli.main import UsageFailure, app
+from ravine.cli.main import UsageFailure, command
 
 
-@app.command()
+@command
 def tune(
     config: Annotated[
         Path | None,
@@ -107,8 +107,8 @@ def tune(
     )
     pool = executor_of(executor, address, parallel)  # validated before any work
     out = out or _default_folder(tune_config)
-    threads_for(tune_config.train, tune_config.batch, threads)
-    _run(tune_config, out, storage, pool, replace)
+    with threads_for(tune_config.train, tune_config.batch, threads):
+        _run(tune_config, out, storage, pool, replace)
 
 
 def _default_folder(config) -> Path:

@@ -28,6 +28,7 @@ from ravine.problems.models import (
     build_model,
     count_parameters,
     make_functional,
+    model_size,
     pre_initialize,
     stack_models,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "load_dataset",
     "make_functional",
     "make_problem",
+    "model_size",
     "pre_initialize",
     "read_cifar10",
     "read_fashion_mnist",

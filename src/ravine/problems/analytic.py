@@ -30,6 +30,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from ravine import limits
+
 __all__ = [
     "PROBLEMS",
     "Ackley",
@@ -102,6 +104,8 @@ class AnalyticProblem(ABC):
             raise ValueError(f"{self.name}: dim must be 2 (a 2-D function), got {dim}")
         if dim < 1:
             raise ValueError(f"{self.name}: dim must be >= 1, got {dim}")
+        if dim > limits.MAX_PROBLEM_DIM:
+            raise ValueError(f"{self.name}: dim must be <= {limits.MAX_PROBLEM_DIM:,}, got {dim}")
         object.__setattr__(self, "dim", dim)
 
     # -- what each problem defines
@@ -613,7 +617,14 @@ class IllConditionedQuadratic(_Bounded):
                 f"{self.name}: condition_number must be 1 when dim=1 (one eigenvalue), "
                 f"got {kappa!r}"
             )
+        if n > limits.MAX_QUADRATIC_DIM:  # the rotation is a dense (dim, dim) matrix
+            raise ValueError(
+                f"{self.name}: dim must be <= {limits.MAX_QUADRATIC_DIM:,} (a dense dim x dim "
+                f"rotation), got {n}"
+            )
         seed = _as_int(self.seed, "seed", self.name)
+        if not -(2**63) <= seed < 2**64:  # what torch's generators take
+            raise ValueError(f"{self.name}: seed must be in [-2**63, 2**64), got {seed}")
         rotate = self.rotate
         if isinstance(rotate, bool):
             if rotate:

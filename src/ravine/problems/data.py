@@ -38,7 +38,6 @@ import itertools
 import math
 import os
 import random
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -330,7 +329,9 @@ def mnist1d(*, seed: int = 42, cache_dir: str | os.PathLike[str] | None = None) 
 
     Args:
       seed: the generator's seed; the package default 42 gives the published data set.
-      cache_dir: directory for the on-disk cache (created if missing); None keeps it in memory.
+      cache_dir: directory for the on-disk cache (created if missing; ``~`` expands); None keeps
+        it in memory. In a ``ravine train`` config it must lie inside the run's output folder
+        or the cache folder (``$RAVINE_CACHE``, default ``~/.cache/ravine``).
 
     Reference: S. Greydanus and D. Kobak, "Scaling Down Deep Learning with MNIST-1D",
     ICML 2024 (arXiv:2011.14439, 2020).
@@ -340,7 +341,7 @@ def mnist1d(*, seed: int = 42, cache_dir: str | os.PathLike[str] | None = None) 
     if cache_dir is None:
         arrays = _generate_mnist1d(seed)
     else:
-        arrays = _cached_mnist1d(seed, Path(cache_dir))
+        arrays = _cached_mnist1d(seed, Path(cache_dir).expanduser())
     x_train, y_train, x_test, y_test = arrays
     return Dataset(
         name=owner,
@@ -392,17 +393,10 @@ def _cached_mnist1d(seed: int, cache_dir: Path) -> tuple[np.ndarray, ...]:
     arrays = _read_mnist1d_cache(path)
     if arrays is None:
         arrays = _generate_mnist1d(seed)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        # Write to a temporary file and rename, so a crash never leaves a half-written cache.
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **dict(zip(_MNIST1D_KEYS, arrays, strict=True)))
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        from ravine.folders import atomic_write  # (atomic and checksummed, like every file)
+
+        named = dict(zip(_MNIST1D_KEYS, arrays, strict=True))
+        atomic_write(path, lambda handle: np.savez(handle, **named))
     return arrays
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ravine import init as _init
+from ravine import limits
 from ravine.init import LoadRecord
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "build_model",
     "count_parameters",
     "make_functional",
+    "model_size",
     "pre_initialize",
     "stack_models",
 ]
@@ -91,10 +93,15 @@ def _check_choice(arg: str, value: object, valid: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {arg} {value!r}; valid: {', '.join(valid)}")
 
 
-def _check_int(arg: str, value: object, *, minimum: int, shown: object = None) -> None:
+def _check_int(
+    arg: str, value: object, *, minimum: int, maximum: int = limits.MAX_WIDTH, shown: object = None
+) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         shown = value if shown is None else shown
         raise ValueError(f"{arg} must be an int >= {minimum}; got {arg}={shown!r}")
+    if value > maximum:
+        shown = value if shown is None else shown
+        raise ValueError(f"{arg} must be an int <= {maximum:,}; got {arg}={shown!r}")
 
 
 def _check_real(arg: str, value: object) -> None:
@@ -123,7 +130,10 @@ def _check_input_shape(input_shape: object, kind: str) -> tuple[int, ...]:
     if (
         not isinstance(shape, Sequence)
         or not shape
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+        or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= limits.MAX_INT
+            for d in shape
+        )
     ):
         raise ValueError(
             f"input_shape must be a non-empty sequence of positive ints; got "
@@ -201,7 +211,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("kind", self.kind, MODEL_KINDS)
-        _check_int("depth", self.depth, minimum=0)
+        _check_int("depth", self.depth, minimum=0, maximum=limits.MAX_DEPTH)
         _check_int("width", self.width, minimum=1)
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("init", self.init, tuple(_init.SCHEMES))
@@ -220,6 +230,11 @@ class ModelConfig:
         if not isinstance(self.channels, tuple) or not self.channels:
             raise ValueError(
                 f"channels must be a non-empty tuple of ints; got channels={self.channels!r}"
+            )
+        if len(self.channels) > limits.MAX_DEPTH:
+            raise ValueError(
+                f"channels may list at most {limits.MAX_DEPTH:,} conv layers; "
+                f"got {len(self.channels):,}"
             )
         for c in self.channels:
             _check_int("channels", c, minimum=1, shown=self.channels)
@@ -363,7 +378,7 @@ def build_model(
     if not isinstance(config, ModelConfig):
         raise TypeError(f"config must be a ModelConfig; got {type(config).__name__}")
     shape = _check_input_shape(input_shape, config.kind)
-    _check_int("num_outputs", num_outputs, minimum=1)
+    _check_int("num_outputs", num_outputs, minimum=1, maximum=limits.MAX_INT)
     if generator is None:
         model = _construct(config, shape, num_outputs)
     else:
@@ -457,6 +472,81 @@ def _add_conv_blocks(
 
 def _activation(config: ModelConfig) -> nn.Module:
     return _ACTIVATIONS[config.activation][0](config.negative_slope)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What :func:`model_size` works out without building the model."""
+
+    parameters: int  # scalar parameters, as count_parameters(build_model(...)) counts them
+    activations: int  # values the layers output per example (what backward keeps, roughly)
+
+
+def model_size(
+    config: ModelConfig, input_shape: int | Sequence[int], num_outputs: int
+) -> ModelSize:
+    """Parameters and per-example activations of ``build_model(config, input_shape,
+    num_outputs)``, counted from the config in microseconds and without memory, so that a
+    model too large to build is refused before it is built (Python integers: no overflow).
+
+    Raises ValueError as :func:`build_model` does (a bad shape, convolutions that shrink the
+    input to nothing).
+
+    Example:
+        >>> from ravine.problems.models import PRESETS, model_size
+        >>> model_size(PRESETS["mnist1d_cnn"], (40,), 10).parameters
+        5210
+    """
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be a ModelConfig; got {type(config).__name__}")
+    shape = _check_input_shape(input_shape, config.kind)
+    _check_int("num_outputs", num_outputs, minimum=1, maximum=limits.MAX_INT)
+    bias, norm = int(config.bias), int(config.batch_norm)
+    # Outputs a block keeps per unit: linear/conv, then norm, activation, dropout, pooling.
+    kept = 2 + norm + int(config.dropout > 0)
+    parameters, activations = 0, math.prod(shape)
+    if config.kind == "cnn":
+        if len(shape) == 1:
+            shape = (1, shape[0])
+        n = len(config.channels)
+        kernels, strides = _per_layer(config.kernel_size, n), _per_layer(config.stride, n)
+        paddings = (
+            [k // 2 for k in kernels] if config.padding is None else _per_layer(config.padding, n)
+        )
+        in_channels, spatial = shape[0], list(shape[1:])
+        for i, (out_channels, k, s, p) in enumerate(
+            zip(config.channels, kernels, strides, paddings, strict=True)
+        ):
+            spatial = [(size + 2 * p - k) // s + 1 for size in spatial]
+            units = out_channels * math.prod(spatial) if min(spatial) >= 1 else 0
+            if config.pooling != "none":
+                spatial = [size // 2 for size in spatial]
+            if min(spatial) < 1:
+                raise ValueError(
+                    f"input_shape={shape} is too small for the conv stack: spatial size "
+                    f"{spatial} after conv layer {i} (kernel_size={k}, stride={s}, padding={p}, "
+                    f"pooling={config.pooling!r})"
+                )
+            parameters += in_channels * out_channels * k ** len(spatial) + bias * out_channels
+            parameters += 2 * norm * out_channels
+            activations += kept * units
+            in_channels = out_channels
+        features = (
+            in_channels if config.readout == "global_avg" else in_channels * math.prod(spatial)
+        )
+    else:
+        features = math.prod(shape)
+    if config.kind != "linear" and config.depth:
+        width = config.width
+        per_block = width * (bias + 2 * norm)
+        parameters += (
+            features * width + per_block + (config.depth - 1) * (width * width + per_block)
+        )
+        activations += config.depth * kept * width
+        features = width
+    parameters += features * num_outputs + bias * num_outputs
+    activations += num_outputs
+    return ModelSize(parameters, activations)
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ravine.folders import atomic_write_text, load_checkpoint, locked
+from ravine.folders import atomic_write_text, locked
 from ravine.probe import (
     GradientMonitor,
     bottom_eigenvalues,
@@ -27,7 +27,7 @@ from ravine.probe import (
 )
 from ravine.train.build import loss_function
 from ravine.train.config import ConfigError
-from ravine.train.run import load_run
+from ravine.train.run import load_run, read_weights
 
 
 def probe_run(run_dir: str | Path, *, examples: int = 1000, k: int = 5) -> dict[str, Any]:
@@ -45,6 +45,11 @@ def _probe_run(run_dir: Path, examples: int, k: int) -> dict[str, Any]:
     from ravine.report.gradients import plot_gradient_flow
 
     run = load_run(run_dir)
+    parameters = sum(p.numel() for p in run.model.parameters())
+    if k > parameters:
+        raise ConfigError(
+            f"k must be <= the network's {parameters:,} parameters (one eigenvalue each), got {k}"
+        )
     splits = run.splits
     x = run.inputs(splits.x_train[:examples])
     y = splits.y_train[:examples]
@@ -152,7 +157,7 @@ def _landscape_run(run_dir: Path, kind: str, resolution: int, examples: int) -> 
                 f"{out} has {len(files)} saved epochs; a trajectory needs the weights of every "
                 "epoch: train with --keep-weights"
             )
-        checkpoints = [load_checkpoint(f)["model"] for f in files]
+        checkpoints = [read_weights(f, run.model, "config.toml") for f in files]
         path = trajectory(run.model, checkpoints, loss_fn, data, resolution=resolution)
         path.save(npz)
         plot_trajectory(path, png, title="training trajectory on its top-2 PCA axes")
@@ -161,6 +166,8 @@ def _landscape_run(run_dir: Path, kind: str, resolution: int, examples: int) -> 
 
 def _existing_folder(path: str | Path) -> Path:
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"run folder {path} does not exist")
     if not path.is_dir():
         raise ConfigError(f"{path} is not a folder")
     return path

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ravine import limits
 from ravine.optim import make_optimizer, parse_optimizer_spec
 from ravine.problems import AnalyticProblem, make_problem
 
@@ -84,17 +85,38 @@ class CompareConfig:
             raise ValueError("optimizers must name at least one optimizer")
         if not self.problems:
             raise ValueError("problems must name at least one problem")
-        for key, low in (("starts", 1), ("steps", 1), ("seed", 0)):
+        for key, low, high in (
+            ("starts", 1, limits.MAX_INT),
+            ("steps", 1, limits.max_updates()),
+            ("seed", 0, limits.MAX_COMPARE_SEED),
+        ):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
+            if value > high:
+                why = {
+                    "steps": " (set RAVINE_MAX_UPDATES to go past it)",
+                    "seed": " (the starts are drawn with seed * 1_000_003 + problem, in 64 bits)",
+                }.get(key, " (64 bits)")
+                raise ValueError(f"{key} must be <= {high:,}{why}, got {value!r}")
         labels = [o.label for o in self.optimizers]
         duplicates = sorted({x for x in labels if labels.count(x) > 1})
         if duplicates:
             raise ValueError(f"optimizers lists {', '.join(duplicates)} more than once")
         # Fail before any work starts: build each optimizer once on a throwaway parameter.
-        for spec in self.problems:
-            parse_problem_spec(spec)
+        dims = [parse_problem_spec(spec).dim for spec in self.problems]
+        # Every run's positions and losses are kept, in float64: (starts, steps + 1, dim + 1).
+        needed = (
+            8 * len(self.optimizers) * self.starts * (self.steps + 1) * sum(d + 1 for d in dims)
+        )
+        available = limits.memory_limit()
+        if available is not None and needed > available:
+            raise ValueError(
+                f"{self.starts:,} starts x {self.steps:,} steps x {len(self.optimizers)} "
+                f"optimizers x {len(dims)} problems keep about {limits.format_bytes(needed)} of "
+                f"trajectories; this machine has {limits.format_bytes(available)} "
+                "(use fewer starts or steps; RAVINE_MEMORY_LIMIT overrides the limit)"
+            )
         probe = torch.nn.Parameter(torch.zeros(1))
         for opt in self.optimizers:
             make_optimizer(opt.name, [probe], **opt.hyperparams)

@@ -84,6 +84,17 @@ def prepare_data(config: TrainConfig) -> Splits:
 _PREPARED: dict[tuple, Splits] = {}
 
 
+def check_split(config: TrainConfig, n_examples: int) -> None:
+    """``ConfigError`` unless holding out ``val_fraction`` of ``n_examples`` (as
+    :func:`prepare_data` does: at least one) leaves training examples."""
+    held_out = max(1, round(config.val_fraction * n_examples)) if config.val_fraction else 0
+    if n_examples - held_out < 1:
+        raise ConfigError(
+            f"val_fraction={config.val_fraction!r} holds out {held_out:,} of the "
+            f"{n_examples:,} training examples, leaving none to train on"
+        )
+
+
 def _prepare_data(config: TrainConfig) -> Splits:
     try:
         dataset = load_dataset(config.dataset, **config.dataset_args)
@@ -92,6 +103,7 @@ def _prepare_data(config: TrainConfig) -> Splits:
     x_train, y_train = dataset.x_train, dataset.y_train
     x_test, y_test = dataset.x_test, dataset.y_test
     x_val, y_val, val_name = x_test, y_test, "test"
+    check_split(config, len(x_train))
     if config.val_fraction > 0:
         order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(config.seed))
         n_val = max(1, round(config.val_fraction * len(x_train)))

@@ -18,12 +18,16 @@ A config file has up to five tables; every key is optional and defaults to the f
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
+import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ravine import limits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,10 +69,24 @@ class TrainConfig:
     keep_weights: bool = False  # also save the weights after every epoch (for trajectories)
 
     def __post_init__(self) -> None:
+        for key in ("dataset", "model", "optimizer"):
+            _check_name(key, getattr(self, key))
+        if self.schedule is not None:
+            _check_name("schedule", self.schedule)
+        if isinstance(self.pretrained, os.PathLike):
+            object.__setattr__(self, "pretrained", os.fspath(self.pretrained))
+        if self.pretrained is not None and (
+            not isinstance(self.pretrained, str) or not self.pretrained
+        ):
+            raise ValueError(f"pretrained must be a file path, got {self.pretrained!r}")
+        for key in _ARGS_FIELDS:
+            # None stands for "the default": every hyperparameter, model field and data or
+            # schedule argument that accepts None defaults to it (tested), and TOML has no null.
+            object.__setattr__(self, key, _check_args(key, getattr(self, key)))
+        _check_int("seed", self.seed, 0, limits.MAX_SEED, "4 * seed + 3 seeds torch: 64 bits")
         for key, low in (
             ("batch_size", 1),
             ("epochs", 1),
-            ("seed", 0),
             ("snapshots", 0),
             ("restarts", 1),
             ("early_stopping", 0),
@@ -77,6 +95,24 @@ class TrainConfig:
             _check_int(key, getattr(self, key), low)
         if self.max_steps is not None:
             _check_int("max_steps", self.max_steps, 1)
+        if self.seed + self.restarts - 1 > limits.MAX_SEED:
+            # restart k runs with seed + k, whose streams are seeded with 4 * (seed + k) + 3.
+            raise ValueError(
+                f"seed + restarts - 1 must be <= {limits.MAX_SEED:,} (restart k uses seed + k), "
+                f"got seed={self.seed!r} and restarts={self.restarts!r}"
+            )
+        budget = limits.max_updates()
+        for key in ("max_steps", "epochs"):
+            value = getattr(self, key)
+            if value is not None:
+                # Every epoch is at least one update, so this bounds the run before its data
+                # is loaded; the exact count is checked again once the data is known.
+                if value > budget:
+                    raise ValueError(
+                        f"{key}={value!r} asks for more than {limits.format_count(budget)} "
+                        "updates, the limit (set RAVINE_MAX_UPDATES to go past it)"
+                    )
+                break
         for key in ("grad_noise", "grad_noise_gamma"):
             value = getattr(self, key)
             if not _is_number(value) or value < 0 or not math.isfinite(value):
@@ -138,6 +174,13 @@ _TRAINING_KEYS = (
 )
 _TABLES = ("data", "model", "optimizer", "schedule", "training")
 _COMMAND_TABLES = ("tune", "study")  # read by ravine tune / ravine study, not part of a run
+_ARGS_FIELDS = ("dataset_args", "model_args", "optimizer_args", "schedule_args")
+_ARGS_TABLES = {
+    "dataset_args": "data",
+    "model_args": "model",
+    "optimizer_args": "optimizer",
+    "schedule_args": "schedule",
+}
 
 
 class ConfigError(ValueError):
@@ -153,18 +196,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
     source = str(path) if path is not None else "<defaults>"
     fields: dict[str, Any] = {}
     if path is not None:
-        try:
-            with open(path, "rb") as handle:
-                document = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {source} does not exist") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{source} is not valid TOML: {error}") from None
-        fields = _fields_from_tables(document, source)
+        fields = _fields_from_tables(_read_toml(path, source), source)
     for key, value in overrides.items():
         if value is None:
             continue
-        if key in ("optimizer_args", "model_args", "schedule_args", "dataset_args"):
+        if key in _ARGS_FIELDS:
             fields[key] = {**fields.get(key, {}), **value}
         else:
             fields[key] = value
@@ -174,17 +210,60 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
         raise ConfigError(f"{source}: {error}" if path is not None else str(error)) from None
 
 
+def _read_toml(path: str | Path, source: str) -> dict[str, Any]:
+    """The TOML document at ``path``; ``ConfigError`` for every way a file can be unusable."""
+    try:
+        folder = Path(path).is_dir()
+    except (OSError, ValueError):
+        folder = False
+    if folder:
+        raise ConfigError(f"config file {source} is a folder, not a TOML file")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limits.MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {source} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"config file {source} cannot be read: permission denied") from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL in the name
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ConfigError(f"config file {source} cannot be read: {reason}") from None
+    if len(data) > limits.MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {source} is larger than "
+            f"{limits.format_bytes(limits.MAX_CONFIG_BYTES)}; a run config is a few hundred "
+            "bytes of TOML"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {source} is not UTF-8 text (byte 0x{data[error.start]:02x} at "
+            f"offset {error.start}); TOML files are UTF-8"
+        ) from None
+    return _toml_document(text, source)
+
+
 def parse_config(text: str, source: str) -> TrainConfig:
     """A config from TOML ``text`` (e.g. a run folder's checksum-verified config.toml);
     :class:`ConfigError` names ``source``."""
+    fields = _fields_from_tables(_toml_document(text, source), source)
     try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{source} is not valid TOML: {error}") from None
-    try:
-        return TrainConfig(**_fields_from_tables(document, source))
+        return TrainConfig(**fields)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{source}: {error}") from None
+
+
+def _toml_document(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{source} nests arrays or tables too deeply to read "
+            f"(a config needs at most {limits.MAX_NESTING} levels)"
+        ) from None
 
 
 def _fields_from_tables(document: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -211,7 +290,7 @@ def _fields_from_tables(document: Mapping[str, Any], source: str) -> dict[str, A
             fields["model_args"] = values
         elif table == "optimizer":
             _take(values, "name", fields, "optimizer")
-            if "betas" in values:
+            if isinstance(values.get("betas"), list):  # anything else: the optimizer says why
                 values["betas"] = tuple(values["betas"])
             fields["optimizer_args"] = values
         elif table == "schedule":
@@ -248,9 +327,124 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_int(key: str, value: Any, low: int) -> None:
+def _check_int(
+    key: str, value: Any, low: int, high: int = limits.MAX_INT, why: str = "64 bits"
+) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
+    if value > high:
+        raise ValueError(f"{key} must be an integer <= {high:,} ({why}), got {value!r}")
+
+
+def _check_name(key: str, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{key} must be a name (a string), got {value!r}")
+
+
+def _check_args(key: str, args: Any) -> Mapping[str, Any]:
+    """``args`` with None values dropped, after checking that every value can be a TOML value
+    of a ravine config: no dates, no integers past 64 bits, at most MAX_NESTING levels."""
+    table = _ARGS_TABLES[key]
+    if not isinstance(args, Mapping):
+        raise ValueError(f"{key} ([{table}]) must be a table of settings, got {args!r}")
+    for name, value in args.items():
+        if not isinstance(name, str):
+            raise ValueError(f"{key} ([{table}]): setting names are strings, got {name!r}")
+        if value is not None:
+            _check_value(f"{name} in [{table}]", value, 0)
+    if any(value is None for value in args.values()):
+        return {name: value for name, value in args.items() if value is not None}
+    return args
+
+
+def _check_value(where: str, value: Any, depth: int) -> None:
+    if depth > limits.MAX_NESTING:
+        raise ValueError(f"{where} nests more than {limits.MAX_NESTING} levels of arrays or tables")
+    if isinstance(value, bool | float | str):
+        return
+    if isinstance(value, int):
+        if not -limits.MAX_INT - 1 <= value <= limits.MAX_INT:
+            raise ValueError(f"{where} must fit in 64 bits, got {value!r}")
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_value(where, item, depth + 1)
+        return
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise ValueError(f"{where}: setting names are strings, got {name!r}")
+            _check_value(where, item, depth + 1)
+        return
+    if isinstance(value, datetime.date | datetime.time):
+        raise ValueError(f"{where} cannot be a date or time, got {value.isoformat()}")
+    raise ValueError(f"{where} must be a number, true/false, a string or an array, got {value!r}")
+
+
+# ----------------------------------------------------------------------------- paths
+
+#: The folder where config paths that write (``cache_dir``) may point besides a run's own
+#: output folder: ``$RAVINE_CACHE``, by default ``~/.cache/ravine``.
+CACHE_ENV = "RAVINE_CACHE"
+_READ_FOLDERS = ("root",)  # [data] keys that name a folder to read
+_WRITE_FOLDERS = ("cache_dir",)  # [data] keys that name a folder ravine writes into
+
+
+def cache_folder() -> Path:
+    """``$RAVINE_CACHE``, or ``~/.cache/ravine``: where caches may live outside a run folder."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/ravine").expanduser()
+
+
+def resolve_write_path(value: Any, key: str, *, out_dir: str | Path) -> Path:
+    """The folder that config key ``key`` names, if it lies inside ``out_dir`` (the run's
+    output folder) or :func:`cache_folder`; ``ConfigError`` otherwise.
+
+    Relative paths are read from the current folder, like every path in a config; links
+    are followed before the check, so a link inside the run folder cannot lead outside it.
+    """
+    path = _as_path(value, key)
+    resolved = path.resolve()
+    for allowed in (Path(out_dir), cache_folder()):
+        if resolved.is_relative_to(allowed.expanduser().resolve()):
+            return resolved
+    raise ConfigError(
+        f"{key} = {str(value)!r} writes outside the run's output folder {out_dir}; use a "
+        f"folder inside it, or inside the cache folder {cache_folder()} (${CACHE_ENV})"
+    )
+
+
+def check_paths(config: TrainConfig, out_dir: str | Path, *, pretrained: bool = True) -> None:
+    """Check the paths a config names before a run starts: a folder it reads (``root``) must
+    exist, a file it reads (``pretrained``; skipped when ``pretrained=False``) must exist and
+    be a file, and a folder it writes (``cache_dir``) must lie inside ``out_dir`` or the cache
+    folder (:func:`resolve_write_path`). Raises ``ConfigError`` naming the key and the path."""
+    for key in _READ_FOLDERS:
+        if key in config.dataset_args:
+            path = _as_path(config.dataset_args[key], key).expanduser()
+            if not path.is_dir():
+                what = "is not a folder" if path.exists() else "does not exist"
+                raise ConfigError(f"[data] {key}: {path} {what}")
+    for key in _WRITE_FOLDERS:
+        if key in config.dataset_args:
+            resolve_write_path(config.dataset_args[key], key, out_dir=out_dir)
+    if pretrained and config.pretrained is not None:
+        path = _as_path(config.pretrained, "pretrained").expanduser()
+        if not path.is_file():
+            what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+            raise ConfigError(f"[model] pretrained: {path} {what}")
+
+
+def _as_path(value: Any, key: str) -> Path:
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise ConfigError(f"{key} must be a path (a string), got {value!r}")
+    text = os.fspath(value)
+    if "\0" in str(text):
+        raise ConfigError(f"{key} must not contain a NUL character, got {text!r}")
+    try:
+        os.fsencode(text)
+    except UnicodeError:
+        raise ConfigError(f"{key}: {text!r} cannot be a file name on this system") from None
+    return Path(text).expanduser()
 
 
 def dump_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:

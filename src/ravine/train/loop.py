@@ -28,7 +28,7 @@ from ravine.folders import (
     load_latest_checkpoint,
     save_checkpoint,
 )
-from ravine.train import outputs
+from ravine.train import budget, outputs
 from ravine.train.build import ensemble_metrics, loss_function, prepare_data, seeds
 from ravine.train.config import ConfigError, TrainConfig, dump_toml
 from ravine.train.stacked import METHODS
@@ -113,6 +113,7 @@ def train(
     config_text = dump_toml(config.to_toml_tables())
 
     splits = prepare_data(config)
+    budget.check(config, splits, copies=n)  # the update count and memory, before any work
     trainer = Trainer(config, splits, members, method=method if n > 1 else "auto", device=device)
     if config.snapshots and trainer.total < config.snapshots:
         raise ConfigError(f"snapshots={config.snapshots} needs at least that many updates")

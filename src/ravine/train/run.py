@@ -10,7 +10,7 @@ from torch import nn
 from ravine.folders import DamagedFileError, load_checkpoint, read_verified
 from ravine.problems import build_model
 from ravine.train.build import Splits, input_view, model_config, prepare_data, seeds
-from ravine.train.config import ConfigError, TrainConfig, parse_config
+from ravine.train.config import ConfigError, TrainConfig, check_paths, parse_config
 
 WEIGHTS_DIR = "weights"  # per-epoch weights, when the run kept them (keep_weights = true)
 
@@ -46,10 +46,12 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Load a folder written by ``ravine train``; ``ConfigError`` says what is missing."""
+    """Load a folder written by ``ravine train``; ``ConfigError`` says what is missing or
+    broken (an unreadable or mismatched config.toml or model.pt included)."""
     path = Path(path)
     if not path.is_dir():
-        raise ConfigError(f"{path} is not a folder")
+        what = "does not exist" if not path.exists() else "is not a folder"
+        raise ConfigError(f"{path} {what}; give the folder of a run written by ravine train")
     if not (path / "config.toml").exists():
         raise ConfigError(f"{path} is not a run folder: it has no config.toml")
     if not (path / "model.pt").exists():
@@ -58,24 +60,73 @@ def load_run(path: str | Path) -> Run:
             "command again to resume it)"
         )
     config = load_run_config(path)
+    if config.restarts > 1:
+        raise ConfigError(
+            f"{path} holds {config.restarts} restarts trained together; probe and landscape "
+            "look at one network (train it with restarts = 1)"
+        )
+    check_paths(config, path, pretrained=False)  # the data may be cached (written) here
     splits = prepare_data(config)
     mconfig = model_config(config)
     shape = input_view(mconfig, splits.dataset)
     num_outputs = splits.dataset.num_classes or splits.dataset.y_train.shape[1]
     model = build_model(mconfig, shape, num_outputs)
-    try:
-        saved = load_checkpoint(path / "model.pt")
-        model.load_state_dict(saved["model"])
-    except (ValueError, KeyError, RuntimeError) as error:  # damaged, or another model's
-        raise ConfigError(f"{path / 'model.pt'} cannot be used: {error}") from None
+    model.load_state_dict(read_weights(path / "model.pt", model, "config.toml"))
     return Run(path, config, splits, model.eval(), shape)
+
+
+def read_weights(file: Path, model: nn.Module, against: str) -> dict:
+    """The state dict saved in ``file`` (a ravine checkpoint), checked against ``model``;
+    ``ConfigError`` naming the file when it is unreadable or was saved for another model."""
+    try:
+        saved = load_checkpoint(file)
+    except (OSError, ValueError) as error:
+        detail = _first_line(error).removeprefix(f"checkpoint {file} is unreadable: ")
+        raise ConfigError(f"{file} is not a checkpoint ravine can read ({detail})") from None
+    state = saved.get("model") if isinstance(saved, dict) else None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{file} is not a ravine checkpoint: it holds no model weights")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [
+        k
+        for k in expected
+        if k in state
+        and (not hasattr(state[k], "shape") or tuple(state[k].shape) != tuple(expected[k].shape))
+    ]
+    if missing or unexpected or shapes:
+        problem = (
+            f"lacks {missing[0]!r}"
+            if missing
+            else f"has {unexpected[0]!r}"
+            if unexpected
+            else f"has {shapes[0]!r} in another shape"
+        )
+        raise ConfigError(
+            f"{file} does not hold the model that {file.parent / against} describes "
+            f"(it {problem}); was one of them replaced?"
+        )
+    return state
 
 
 def load_run_config(path: Path) -> TrainConfig:
     """The config a run folder was trained with, its checksum checked."""
     source = path / "config.toml"
     try:
-        text = read_verified(source).decode("utf-8")
-    except (DamagedFileError, UnicodeDecodeError) as error:
+        data = read_verified(source)
+    except (OSError, DamagedFileError) as error:
         raise ConfigError(f"{source} cannot be read: {error}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{source} is not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+            f"{error.start}); TOML files are UTF-8"
+        ) from None
     return parse_config(text, str(source))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -279,7 +279,13 @@ class Trainer:
                 mconfig, self.input_shape, num_outputs, generator=seeds(member.seed)["init"]
             )
             if config.pretrained:
-                record = pre_initialize(model, config.pretrained, strict=False)
+                try:
+                    record = pre_initialize(model, config.pretrained, strict=False)
+                except Exception as error:  # a file a user names breaks in many ways
+                    raise ConfigError(
+                        f"pretrained: {config.pretrained} is not a checkpoint ravine can read "
+                        f"({' '.join(str(error).split())[:200] or type(error).__name__})"
+                    ) from None
                 if not record.loaded:
                     raise ConfigError(
                         f"pretrained: nothing in {config.pretrained} matches the model"
