@@ -484,14 +484,19 @@ def evaluate_batch(job: BatchJob, study=None, on_progress=None) -> list[str]:
             values.setdefault(owner[m], []).append(record[key])
             if math.isfinite(record[key]):
                 member_best[m] = min(member_best[m], sign * record[key])
-        pruned = []
+        reported = []
         for k, seeds in values.items():
             if not all(math.isfinite(v) for v in seeds):
                 continue  # a diverging member: it leaves as diverged, not pruned
             value = sum(seeds) / len(seeds)
             best[k] = min(best[k], sign * value)
             trials[k].report(value, epoch)
-            if check_pruning and trials[k].should_prune():
+            reported.append(k)
+        # Only once the whole batch has reported: a pruner that compares trials at a rung
+        # (successive halving) then sees every trial of the batch, not just those before.
+        pruned = []
+        for k in reported if check_pruning else ():
+            if trials[k].should_prune():
                 pruned += [m for m, t in enumerate(owner) if t == k and m in metrics]
         if on_progress is not None:
             on_progress({"epoch": epoch, "epochs": config.train.epochs})
