@@ -37,7 +37,6 @@ refused and the error names the members. :meth:`ChainOptimizer.keep_members` pru
 from __future__ import annotations
 
 import operator
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -46,7 +45,7 @@ from torch import Tensor
 
 from ravine.optim import members as M
 from ravine.optim._math import clip_coefficient, finite_flags, global_norm, rows
-from ravine.optim.flat import FlatBucket, FusedKernels, Unflattenable, fused_update
+from ravine.optim.flat import FlatBucket, FusedKernels, fused_update
 from ravine.optim.transforms import Transform
 from ravine.optim.validation import (
     check_arithmetic,
@@ -60,18 +59,35 @@ from ravine.optim.validation import (
 
 __all__ = [
     "COMMON_HYPERPARAMS",
+    "COMPILE_MIN_NUMEL",
     "ENGINES",
     "NONFINITE_POLICIES",
+    "TORCH_FLAGS",
     "ChainOptimizer",
     "NonFiniteGradientError",
     "check_betas",
     "check_nonnegative",
     "check_positive",
     "check_unit_interval",
+    "default_engine",
 ]
 
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
-ENGINES = ("simple", "flat")
+ENGINES = ("auto", "simple", "flat")
+#: From this many parameters on, the default engine compiles its fused pass: the first step
+#: then takes about a second (warm inductor cache; several cold), which a model this size
+#: repays within a few hundred steps (``benchmarks/optim_step.py``). Below it the pass runs
+#: eagerly, which already beats torch's default for-loop step.
+COMPILE_MIN_NUMEL = 1 << 20
+#: torch.optim's implementation flags, with torch's defaults. They choose how torch computes
+#: a step, never what: ravine keeps them in the param groups (state dicts move both ways)
+#: and maps them onto its engines, or refuses them with a reason (``_requested_engine``).
+TORCH_FLAGS: Mapping[str, Any] = {
+    "foreach": None,
+    "fused": None,
+    "capturable": False,
+    "differentiable": False,
+}
 EAGER_CHUNK = 1 << 18  # elements per eager flat pass: its temporaries (1 MiB each) stay in cache
 
 #: Hyperparameters every ravine optimizer understands, on top of its own.
@@ -99,7 +115,6 @@ _PICKLED = (
     "_skipped_device",
     "_pending_check",
     "_force_guarded",
-    "_fallback_warned",
 )
 
 
@@ -125,8 +140,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         transforms: the chain of stages, applied in order.
         nonfinite: what to do with a NaN/Inf gradient: ``"raise"``, ``"skip"`` or ``"ignore"``.
             In a member group, per member (see the module docstring).
-        engine: ``"simple"`` (per tensor) or ``"flat"`` (contiguous storage, one fused pass).
-        compile: with the flat engine, compile the pass with ``torch.compile``.
+        engine: ``"auto"`` (default: the flat engine wherever it can run the step, else the
+            simple one; see :func:`default_engine`), ``"simple"`` (per tensor, the reference)
+            or ``"flat"`` (contiguous storage, one fused pass).
+        compile: compile the flat engine's pass with ``torch.compile``. None (default): with
+            ``engine="flat"`` always, with ``engine="auto"`` from ``COMPILE_MIN_NUMEL``
+            parameters on (a model too small to repay the compile runs eagerly).
         state_dtype: e.g. ``torch.float32`` for bf16/fp16 parameters: state is kept and the
             update computed in this dtype (None: the parameters' dtype).
         **hyperparams: defaults for the param groups; the stages' own defaults fill the rest.
@@ -142,13 +161,17 @@ class ChainOptimizer(torch.optim.Optimizer):
         transforms: Sequence[Transform],
         *,
         nonfinite: str = "raise",
-        engine: str = "simple",
-        compile: bool = True,
+        engine: str = "auto",
+        compile: bool | None = None,
         state_dtype: torch.dtype | None = None,
         **hyperparams: Any,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        # torch.optim's implementation flags: group keys (state dicts carry them both ways)
+        # that select an engine, or are refused with a reason; see ``_requested_engine``.
+        flags = {key: hyperparams.pop(key) for key in TORCH_FLAGS if key in hyperparams}
+        chosen, engine = engine, _requested_engine(engine, flags)
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(
                 f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}; got {nonfinite!r}"
@@ -156,6 +179,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self.transforms = tuple(transforms)
         self.nonfinite = nonfinite
         defaults = dict(COMMON_HYPERPARAMS)
+        defaults.update({key: TORCH_FLAGS[key] for key in flags})
         for stage in self.transforms:
             for key, value in stage.hyperparams.items():
                 defaults.setdefault(key, value)
@@ -170,8 +194,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._flags = {k: v for k, v in defaults.items() if isinstance(v, bool)}
         self._scalar_keys = _scalar_state_keys(self.transforms, defaults)
         defaults.update(hyperparams)
-        if not is_bool(compile):
-            raise ValueError(f"compile must be True or False, got {compile!r}")
+        defaults.update(flags)
+        if compile is not None and not is_bool(compile):
+            raise ValueError(
+                f"compile must be True or False, got {compile!r} (or None, the default: "
+                "decided by the engine)"
+            )
         self._members: int | None = None
         self._member_skipped: Tensor | None = None  # (N,) steps refused, per member
         self._refused: Tensor | None = None  # (N,) members refused on the last checked step
@@ -191,9 +219,38 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._buckets: list[FlatBucket] | None = None
         self._bucket_key: list | None = None
         self._bucket_members: list[list[Tensor]] | None = None
-        self._kernels = FusedKernels(compile=bool(compile))
-        self._fallback_warned = False
+        self._kernels = FusedKernels(compile=False)
         super().__init__(params, defaults)
+        # Chosen once the parameters are known (their kinds, sizes and device).
+        params = [p for group in self.param_groups for p in group["params"]]
+        if engine == "auto":
+            engine = default_engine(params, self._differentiable, self._members)
+        self.engine = engine
+        if compile is None:  # by size where the default engine chose flat storage
+            by_size = chosen == "auto" and self.engine == "flat"
+            compile = not by_size or sum(p.numel() for p in params) >= COMPILE_MIN_NUMEL
+        self._kernels.compile = bool(compile)
+
+    @property
+    def _differentiable(self) -> bool:
+        return bool(self.defaults.get("differentiable", False))
+
+    @staticmethod
+    def _values(group: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``group`` as the step reads it: a 1-element tensor hyperparameter (torch accepts
+        ``lr=torch.tensor(1e-3)``, tensor betas, ...) as a Python float, read with ``item()``
+        as torch.optim reads it. Member groups' per-member tensors, and tensors that
+        require grad (``differentiable=True``: autograd follows them), stay tensors."""
+        if group.get("members") is not None:
+            return group
+        values = None
+        for key, value in group.items():
+            number = _host_number(value)
+            if number is not value:
+                if values is None:
+                    values = dict(group)
+                values[key] = number
+        return group if values is None else values
 
     # -- param groups -----------------------------------------------------------------------
 
@@ -213,6 +270,14 @@ class ChainOptimizer(torch.optim.Optimizer):
         """Flags as bools; for a member group, its shape checked and per-member values
         normalized (``members.normalize``)."""
         check_flags(group, self._flags)
+        own = {k: group[k] for k in TORCH_FLAGS if k in group and group[k] != self.defaults[k]}
+        if own:  # a group's own implementation flag: the engine is the optimizer's
+            if "differentiable" in own:
+                raise ValueError(
+                    "differentiable is set per optimizer (torch.optim reads it from the "
+                    f"optimizer too): pass differentiable={own['differentiable']!r} to it"
+                )
+            _requested_engine(self.engine, own)
         n = M.check_members(group.get("members"))
         others = {g.get("members") for g in self.param_groups if g is not group}
         if others and others != {n}:
@@ -261,43 +326,40 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     # -- the step ---------------------------------------------------------------------------
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform one update; ``closure`` re-evaluates the loss, as in torch.optim."""
+        """Perform one update; ``closure`` re-evaluates the loss, as in torch.optim.
+
+        Parameters whose ``.grad`` is None are left as they are (values, state, step count).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.check_finite()
+        # differentiable=True: the update is recorded by autograd, as torch.optim records it.
+        with torch.set_grad_enabled(self._differentiable):
+            self._step()
+        return loss
 
+    def _step(self) -> None:
+        self.check_finite()
         work = [
             (group, [p for p in group["params"] if p.grad is not None])
             for group in self.param_groups
         ]
         grads = [p.grad for _, params in work for p in params]
         if not grads:
-            return loss
+            return
         guarded = self.nonfinite != "ignore" and (
             self._force_guarded or any(g.device.type != "cpu" for g in grads)
         )
         if self.engine == "flat":
-            try:
-                self._flat_step(work, guarded)
-                return loss
-            except Unflattenable as reason:
-                self._buckets = None
-                if not self._fallback_warned:
-                    warnings.warn(
-                        f"flat engine: {reason}; the simple engine takes over from this step on",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                    self._fallback_warned = True
+            self._flat_step(guarded)
+            return
         for p in (p for _, params in work for p in params):
             _check_supported(p)  # (the flat engine checks as gradients enter its buffers)
         if self._members is not None:
             self._members_step(work, grads, guarded)
-            return loss
+            return
 
         finite = flags = None
         if self.nonfinite != "ignore":
@@ -307,7 +369,9 @@ class ChainOptimizer(torch.optim.Optimizer):
                 if self.nonfinite == "raise":
                     raise NonFiniteGradientError(self._describe_nonfinite(work))
                 self._skipped_host += 1
-                return loss
+                return
+        named = work
+        work = [(self._values(group), params) for group, params in work]
 
         clip_values = [
             torch.clamp(g, -group["clip_value"], group["clip_value"])
@@ -338,8 +402,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                 self._update_parameter(p, grad, group, chain, finite if guarded else None)
 
         if guarded:
-            self._after_guarded_step(finite, flags, work)
-        return loss
+            self._after_guarded_step(finite, flags, named)
 
     def _members_step(self, work: list, grads: list[Tensor], guarded: bool) -> None:
         """The simple engine's step over member groups: row k as member k's own optimizer."""
@@ -456,10 +519,21 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     # -- the flat engine --------------------------------------------------------------------
 
-    def _flat_buckets(self, work: list) -> list[FlatBucket]:
+    def _flat_params(self, group: Mapping[str, Any]) -> list[Tensor]:
+        """The parameters of ``group`` that live in flat storage: those with a gradient or with
+        state (a parameter that skips a step stays). Never a parameter that has no state
+        yet (torch.optim gives it none), nor one frozen (``requires_grad_(False)``) and
+        without a gradient, which leaves the buffers."""
+        state = self.state
+        return [
+            p
+            for p in group["params"]
+            if p.grad is not None or (p.requires_grad and p in state and state[p])
+        ]
+
+    def _flat_buckets(self) -> list[FlatBucket]:
         """The buckets for this step, built (or rebuilt) when the layout changed."""
-        # The layout follows the parameters that have gradients, as torch.optim updates exactly
-        # those; a parameter that joins or leaves rebuilds it (at equal step counts).
+        work = [(group, self._flat_params(group)) for group in self.param_groups]
         key = [
             (
                 group,
@@ -482,6 +556,12 @@ class ChainOptimizer(torch.optim.Optimizer):
             for bucket in self._buckets:
                 bucket.sync(self.state)
             return self._buckets
+        if self._buckets is not None:  # who leaves gets storage of its own back
+            staying = {id(p) for params in param_lists for p in params}
+            for bucket in self._buckets:
+                for p in bucket.params:
+                    if id(p) not in staying:
+                        bucket.release(p, self.state)
         buckets = []
         for group, params in work:
             stages = [stage for stage in self.transforms if stage.active(group)]
@@ -503,17 +583,21 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._buckets, self._bucket_key, self._bucket_members = buckets, key, param_lists
         return buckets
 
-    def _flat_step(self, work: list, guarded: bool) -> None:
-        buckets = self._flat_buckets(work)
+    def _flat_step(self, guarded: bool) -> None:
+        buckets = self._flat_buckets()
+        # What this step updates, per bucket: the parameters that have a gradient.
+        work = [(b.group, b.present_params()) for b in buckets]
+        slices = [(b, g) for b in buckets for g in b.present_grads()]
         if self._members is not None:
-            self._flat_members_step(buckets, work, guarded)
+            self._flat_members_step(buckets, work, slices, guarded)
             return
         finite = flags = None
         per_param = guarded and self.nonfinite == "raise"
         if self.nonfinite != "ignore":
-            # One reduction per bucket; per parameter only where an error will name them.
-            tensors = [p.grad for b in buckets for p in b.params] if per_param else None
-            flags = finite_flags(tensors or [b.grad for b in buckets])
+            # One reduction per run of gradients; per parameter only where an error will name
+            # them.
+            tensors = [p.grad for _, ps in work for p in ps] if per_param else None
+            flags = finite_flags(tensors or [g for _, g in slices])
             finite = flags.all()
             if not guarded and not bool(finite):
                 if self.nonfinite == "raise":
@@ -524,71 +608,120 @@ class ChainOptimizer(torch.optim.Optimizer):
         if any(b.group["max_grad_norm"] is not None for b in buckets):
             # (the kernel clips by value itself: a clipped copy is needed only for the norm)
             clipped = [
-                torch.clamp(b.grad, -b.group["clip_value"], b.group["clip_value"])
+                torch.clamp(g, -b.group["clip_value"], b.group["clip_value"])
                 if b.group["clip_value"] is not None
-                else b.grad
-                for b in buckets
+                else g
+                for b, g in slices
             ]
             total_norm = global_norm(clipped)
         for bucket in buckets:
             self._flat_update(bucket, total_norm, finite if guarded else None)
         if guarded:
-            if not per_param:
-                flags = torch.cat(
-                    [flag.expand(len(b.params)) for flag, b in zip(flags, buckets, strict=True)]
-                )
-            work = [(b.group, b.params) for b in buckets]
+            # (flags name parameters only in "raise" mode, where they are per parameter)
             self._after_guarded_step(finite, flags, work)
 
-    def _flat_members_step(self, buckets: list[FlatBucket], work: list, guarded: bool) -> None:
-        # One reduction per bucket, over its (N, D) rows view, gives every member's flags and
-        # norms; per parameter only where an error will name them.
+    def _flat_members_step(
+        self, buckets: list[FlatBucket], work: list, slices: list, guarded: bool
+    ) -> None:
+        # One reduction per run of gradients, over its (N, D) rows view, gives every member's
+        # flags and norms; per parameter only where an error will name them.
         per_param = guarded and self.nonfinite == "raise"
-        tensors = [p.grad for b in buckets for p in b.params] if per_param else None
-        grads = [b.member_rows(b.grad) for b in buckets]
+        tensors = [p.grad for _, ps in work for p in ps] if per_param else None
+        grads = [b.member_rows(g) for b, g in slices]
         finite, flags = self._member_finite(tensors or grads, work, guarded)
         norms = None
         if any(b.group["max_grad_norm"] is not None for b in buckets):
             clipped = [
-                M.clamp(g, b.group["clip_value"]) for g, b in zip(grads, buckets, strict=True)
+                M.clamp(g, b.group["clip_value"]) for g, (b, _) in zip(grads, slices, strict=True)
             ]
             norms = global_norm(clipped, members=self._members)  # (N,)
         for bucket in buckets:
             self._flat_update(bucket, norms, finite)
         if guarded:
-            if not per_param:
-                flags = torch.cat(
-                    [f.expand(len(b.params), -1) for f, b in zip(flags, buckets, strict=True)]
-                )
-            self._after_guarded_step(finite, flags, [(b.group, b.params) for b in buckets])
+            self._after_guarded_step(finite, flags, work)
 
     def _flat_update(
         self, bucket: FlatBucket, total_norm: Tensor | None, finite: Tensor | None
     ) -> None:
-        group, n = bucket.group, bucket.members
+        """One fused pass per segment of ``bucket`` (see ``FlatBucket.segments``): the
+        parameters of a segment share their step count, so one set of coefficients."""
+        segments = bucket.segments()
+        if not segments:
+            bucket.advance()
+            return
+        group, n = self._values(bucket.group), bucket.members
         stages = [stage for stage in self.transforms if stage.active(group)]
         flags = [stage.flags(group) for stage in stages]
-        if finite is None:
-            bucket.step += 1
-            step: float | Tensor = (
-                bucket.step.item() if n is None else bucket.step.to(torch.float64)
-            )
-        else:
-            wide = torch.float32 if bucket.device.type == "mps" else torch.float64
-            previous_step = bucket.step.to(bucket.device, wide)
-            step = previous_step + 1
-        committed = dict(bucket.scalars)
+        wide = torch.float32 if bucket.device.type == "mps" else torch.float64
         if finite is not None:
-            committed = {k: v.to(bucket.device) for k, v in committed.items()}
-        scalars_view = dict(committed)  # (a refused step keeps the committed values)
+            bucket.counters_on(bucket.device, self.state)
+            if n is not None:
+                finite = finite.view(1, n)
         if n is not None:  # per-member values where the step count is
             group = M.group_on(group, bucket.device if finite is not None else _CPU)
-        coefficients, new_scalars = [], {}
-        for stage in stages:
-            c, produced = stage.coefficients(group, step, scalars_view)
-            coefficients.append(c)
-            new_scalars.update(produced)
-            scalars_view.update(produced)
+        clip_value = group["clip_value"]
+        scale = None
+        if group["max_grad_norm"] is not None and n is not None:
+            max_norm = M.on_device(group["max_grad_norm"], total_norm.device)
+            scale = clip_coefficient(total_norm, max_norm)  # (N,)
+            scale = M.pack([scale], n, bucket.device, bucket.compute_dtype, (1, n))[0]
+        elif group["max_grad_norm"] is not None:
+            scale = clip_coefficient(total_norm, group["max_grad_norm"]).to(
+                bucket.device, bucket.compute_dtype
+            )
+        structure = (
+            tuple(type(stage) for stage in stages),
+            tuple(tuple(f.items()) for f in flags),
+            clip_value is not None,
+            scale is not None,
+            bool(group["maximize"]),
+            finite is not None,
+            bucket.compute_dtype,
+        )
+        # Member kernels get their own code object (their coefficients are (1, N), not 0-dim).
+        key = structure if n is None else (*structure, "members")
+        kernel = self._kernels.get(key, lambda: fused_update(stages, flags, *structure[2:]))
+        for first, stop in segments:
+            if finite is None:
+                bucket.steps[first:stop] += 1
+                counts = bucket.steps[first]
+                step: float | Tensor = counts.item() if n is None else counts.to(torch.float64)
+            else:
+                step = bucket.steps[first].to(wide) + 1
+            committed = {k: v[first] for k, v in bucket.scalars.items()}
+            scalars_view = dict(committed)  # (a refused step keeps the committed values)
+            coefficients, new_scalars = [], {}
+            for stage in stages:
+                c, produced = stage.coefficients(group, step, scalars_view)
+                coefficients.append(c)
+                new_scalars.update(produced)
+                scalars_view.update(produced)
+            lo, hi = bucket.bounds[first], bucket.bounds[stop]
+            if hi > lo:  # (zero-size parameters: nothing to compute, the count advances)
+                self._run_kernel(kernel, bucket, slice(lo, hi), group, coefficients, scale, finite)
+            if finite is None:
+                for key_, value in new_scalars.items():
+                    bucket.scalars[key_][first:stop] = value
+                continue
+            mask = finite if n is None else finite.view(n)
+            counts = bucket.steps[first:stop]
+            counts.add_(mask.to(counts.dtype))
+            for key_, value in new_scalars.items():
+                kept = bucket.scalars[key_][first:stop]
+                kept.copy_(torch.where(mask, value, committed[key_]))
+        bucket.advance()
+
+    def _run_kernel(
+        self,
+        kernel: Callable[..., None],
+        bucket: FlatBucket,
+        rows: slice,
+        group: Mapping[str, Any],
+        coefficients: list[dict[str, Any]],
+        scale: Tensor | None,
+        finite: Tensor | None,
+    ) -> None:
+        n = bucket.members
         numbers = [group["lr"]] + [v for c in coefficients for v in c.values()]
         if group["clip_value"] is not None:
             numbers.append(group["clip_value"])
@@ -601,76 +734,61 @@ class ChainOptimizer(torch.optim.Optimizer):
             packed = _pack(numbers, bucket)
         else:
             # Eager kernels are fastest with plain Python scalars.
-            packed = [float(n) for n in numbers]
+            packed = [float(x) for x in numbers]
         lr, rest = packed[0], packed[1:]
         tensors, i = [], 0
         for c in coefficients:
             tensors.append(dict(zip(c, rest[i : i + len(c)], strict=True)))
             i += len(c)
         clip = rest[i] if group["clip_value"] is not None else None
-        scale = None
-        if group["max_grad_norm"] is not None and n is not None:
-            max_norm = M.on_device(group["max_grad_norm"], total_norm.device)
-            scale = clip_coefficient(total_norm, max_norm)  # (N,)
-            scale = M.pack([scale], n, bucket.device, bucket.compute_dtype, (1, n))[0]
-        elif group["max_grad_norm"] is not None:
-            scale = clip_coefficient(total_norm, group["max_grad_norm"]).to(
-                bucket.device, bucket.compute_dtype
+        whole = rows.start == 0 and rows.stop == bucket.width
+        if self._kernels.compiling:
+            if whole:
+                param, grad, state = bucket.param, bucket.grad, bucket.state
+            else:
+                param, grad = bucket.param[rows], bucket.grad[rows]
+                state = {k: v[rows] for k, v in bucket.state.items()}
+            kernel(param, grad, state, tensors, lr, clip, scale, finite)
+            return
+        # Eagerly, each operation of the chain makes a temporary: over cache-sized chunks
+        # they stay in cache and the allocator reuses them, instead of faulting in fresh
+        # pages for every full-length temporary.
+        for chunk in bucket.chunks(rows, EAGER_CHUNK):
+            chunk_state = {k: v[chunk] for k, v in bucket.state.items()}
+            kernel(
+                bucket.param[chunk],
+                bucket.grad[chunk],
+                chunk_state,
+                tensors,
+                lr,
+                clip,
+                scale,
+                finite,
             )
-        if n is not None and finite is not None:
-            finite = finite.view(1, n)
-        structure = (
-            tuple(type(stage) for stage in stages),
-            tuple(tuple(f.items()) for f in flags),
-            clip is not None,
-            scale is not None,
-            bool(group["maximize"]),
-            finite is not None,
-            bucket.compute_dtype,
-        )
-        # Member kernels get their own code object (their coefficients are (1, N), not 0-dim).
-        key = structure if n is None else (*structure, "members")
-        kernel = self._kernels.get(key, lambda: fused_update(stages, flags, *structure[2:]))
-        if bucket.numel == 0:
-            pass  # nothing to compute (and nothing to compile); the step count still advances
-        elif self._kernels.compiling:
-            kernel(bucket.param, bucket.grad, bucket.state, tensors, lr, clip, scale, finite)
-        else:
-            # Eagerly, each operation of the chain makes a temporary: over cache-sized chunks
-            # they stay in cache and the allocator reuses them, instead of faulting in fresh
-            # pages for every full-length temporary.
-            for chunk in bucket.chunks(EAGER_CHUNK):
-                chunk_state = {k: v[chunk] for k, v in bucket.state.items()}
-                kernel(
-                    bucket.param[chunk],
-                    bucket.grad[chunk],
-                    chunk_state,
-                    tensors,
-                    lr,
-                    clip,
-                    scale,
-                    finite,
-                )
-        if finite is None:
-            bucket.scalars.update(new_scalars)
-        else:
-            if n is not None:
-                finite = finite.view(n)
-            bucket.step = torch.where(finite, step, previous_step).to(bucket.step.dtype)
-            for key, value in new_scalars.items():
-                bucket.scalars[key] = torch.where(finite, value, committed[key])
-        if finite is not None or new_scalars:  # (else every state dict already holds them)
-            for p in bucket.params:
-                self.state[p]["step"] = bucket.step
-                self.state[p].update(bucket.scalars)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Reset gradients. With the flat engine they are zeroed in place whatever
-        ``set_to_none`` says: they are views into flat storage that backward writes into."""
-        if self.engine != "flat" or self._buckets is None:
+        """Reset gradients, as torch.optim does: ``set_to_none=True`` (the default) makes them
+        None, so that a parameter backward gives nothing to is not updated by the next step.
+
+        With the flat engine, ``set_to_none=False`` zeroes the flat gradient buffer in place
+        (one pass, and backward keeps accumulating straight into flat storage); with
+        ``set_to_none=True``, backward's fresh gradients are copied in by the next step.
+        """
+        if self.engine != "flat" or self._buckets is None or set_to_none:
             return super().zero_grad(set_to_none=set_to_none)
+        zeroed: set[int] = set()
         for bucket in self._buckets:
-            bucket.zero_grad()
+            if bucket.zero_grad():
+                zeroed.update(map(id, bucket.params))
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None or id(p) in zeroed:
+                    continue
+                if p.grad.grad_fn is not None:
+                    p.grad.detach_()
+                else:
+                    p.grad.requires_grad_(False)
+                p.grad.zero_()
         return None
 
     def _update_parameter(
@@ -715,10 +833,13 @@ class ChainOptimizer(torch.optim.Optimizer):
             new_state.update(produced)
 
         if finite is None:
-            if target is p:
-                p.add_(u, alpha=-group["lr"])
+            lr = group["lr"]
+            if target is not p:
+                target.copy_(p - lr * u)
+            elif isinstance(lr, Tensor):  # (differentiable=True: autograd follows lr too)
+                p.sub_(lr * u)
             else:
-                target.copy_(p - group["lr"] * u)
+                p.add_(u, alpha=-lr)
             state.update(new_state)
             return
         target.copy_(torch.where(finite, p - group["lr"] * u, p))
@@ -757,6 +878,17 @@ class ChainOptimizer(torch.optim.Optimizer):
                     self.state[p][key] = value.to("cpu", torch.float64)
                 elif self.state_dtype is not None:
                     self.state[p][key] = value.to(p.device, compute)
+        self._rebuild_flat()
+
+    def _rebuild_flat(self) -> None:
+        """Move the parameters into (new) flat storage now, not at the next step, so that the
+        forward passes before it see them laid out as an uninterrupted run had them: member
+        storage is ``(D, N)``, and a matmul over other strides may round differently. A
+        resumed run, or the members left after ``keep_members``, then continue bit for bit."""
+        self._buckets = None
+        if self.engine == "flat":
+            with torch.no_grad():
+                self._flat_buckets()
 
     # -- members -------------------------------------------------------------------------
 
@@ -809,7 +941,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._member_skipped = M.take(self._member_skipped, index, n)
         self._refused = M.take(self._refused, index, n)
         self._members = len(index)
-        self._buckets = None
+        self._rebuild_flat()
 
     def _keep_rows(self, p: Tensor, index: Tensor, n: int) -> None:
         grad = p.grad
@@ -998,3 +1130,87 @@ def _member_index(index: Tensor | Sequence[int], n: int) -> Tensor:
 
 def _listed(members: Iterable[int]) -> str:
     return ", ".join(map(str, sorted(members)))
+
+
+def default_engine(
+    params: Sequence[Tensor], differentiable: bool = False, members: int | None = None
+) -> str:
+    """The engine ``engine="auto"`` runs: ``"flat"``, except
+
+    * where the step must be recorded by autograd (``differentiable=True``), or a parameter
+      is complex: only the simple engine handles those (it raises the clear error for
+      complex parameters);
+    * in member groups (``members=N``, ravine's own batched runs): there the simple engine
+      keeps every parameter's ``(N, ...)`` layout, so member k's forward and backward compute
+      bit for bit what a run of its own computes, whatever N and whoever left. The flat
+      engine's ``(D, N)`` storage gives the model's matrix products other strides (and
+      another rounding); ``engine="flat"`` still selects it, for speed.
+    """
+    if differentiable or members is not None or any(p.is_complex() for p in params):
+        return "simple"
+    return "flat"
+
+
+def _requested_engine(engine: str, flags: Mapping[str, Any]) -> str:
+    """The engine that ``engine=`` and torch's implementation flags ask for together.
+
+    * ``foreach``/``fused``: None or False change nothing (ravine has neither of torch's
+      implementations to turn off); True asks for a multi-tensor or fused step, which is the
+      flat engine (the same numbers), so ``engine="simple"`` with it is refused. Both True
+      together is refused, as torch refuses it.
+    * ``differentiable=True``: the update is recorded by autograd; only the simple engine can
+      (the flat one moves parameters into flat storage, which autograd cannot follow).
+    * ``capturable=True`` (a step that CUDA graphs can capture) is refused: ravine works out
+      each step's coefficients on the host, which a captured graph would freeze.
+    """
+    for key in ("foreach", "fused"):
+        value = flags.get(key)
+        if value is not None and not is_bool(value):
+            raise ValueError(f"{key} must be None, True or False, got {value!r}")
+    for key in ("capturable", "differentiable"):
+        if key in flags and not is_bool(flags[key]):
+            raise ValueError(f"{key} must be True or False, got {flags[key]!r}")
+    if flags.get("capturable"):
+        raise ValueError(
+            "capturable=True is not supported: ravine computes each step's coefficients on the "
+            "host, which a captured CUDA graph would freeze. Its steps already run without a "
+            "host sync on accelerators (NaN/Inf check included); for CUDA-graph capture use "
+            "torch.optim with capturable=True"
+        )
+    fast = [key for key in ("foreach", "fused") if flags.get(key)]
+    if len(fast) == 2:
+        raise ValueError("fused=True and foreach=True cannot be set together (as in torch.optim)")
+    if flags.get("differentiable"):
+        if fast:
+            raise ValueError(
+                f"{fast[0]}=True does not support differentiable=True (as in torch.optim): the "
+                "differentiable step runs on the simple engine; drop one of them"
+            )
+        if engine == "flat":
+            raise ValueError(
+                "differentiable=True needs engine='simple' (or the default engine='auto'): the "
+                "flat engine keeps parameters in flat storage, which autograd cannot follow"
+            )
+        return "simple" if engine == "auto" else engine
+    if fast:
+        if engine == "simple":
+            raise ValueError(
+                f"{fast[0]}=True asks for a fused multi-tensor step, which is ravine's flat "
+                "engine; engine='simple' runs per tensor: drop one of them"
+            )
+        return "flat"
+    return engine
+
+
+def _host_number(value: Any) -> Any:
+    """A 1-element tensor that needs no grad as a Python float (pairs entry by entry);
+    anything else as it is."""
+    if isinstance(value, Tensor):
+        real = not value.is_complex() and value.dtype != torch.bool
+        if value.numel() == 1 and real and not value.requires_grad:
+            return value.item()
+        return value
+    if isinstance(value, tuple) and any(isinstance(v, Tensor) for v in value):
+        numbers = tuple(_host_number(v) for v in value)
+        return value if all(a is b for a, b in zip(numbers, value, strict=True)) else numbers
+    return value
