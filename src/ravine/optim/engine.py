@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 from ravine.optim import members as M
-from ravine.optim._math import clip_coefficient, finite_flags, global_norm, rows
+from ravine.optim._math import all_finite, clip_coefficient, finite_flags, global_norm, rows
 from ravine.optim.flat import FlatBucket, FusedKernels, fused_update
 from ravine.optim.transforms import Transform
 from ravine.optim.validation import (
@@ -88,7 +88,7 @@ TORCH_FLAGS: Mapping[str, Any] = {
     "capturable": False,
     "differentiable": False,
 }
-EAGER_CHUNK = 1 << 18  # elements per eager flat pass: its temporaries (1 MiB each) stay in cache
+EAGER_CHUNK = 1 << 17  # elements per eager flat pass: its temporaries (512 KiB each) stay in cache
 
 #: Hyperparameters every ravine optimizer understands, on top of its own.
 COMMON_HYPERPARAMS: Mapping[str, Any] = {
@@ -99,6 +99,7 @@ COMMON_HYPERPARAMS: Mapping[str, Any] = {
     "members": None,  # N: the group's parameters are N stacked copies (N, ...) (members.py)
 }
 _CPU = torch.device("cpu")
+_TENSOR_OR_TUPLE = (Tensor, tuple)
 #: ChainOptimizer attributes that pickling and deepcopy carry (see ``__getstate__``).
 _PICKLED = (
     "transforms",
@@ -115,6 +116,7 @@ _PICKLED = (
     "_skipped_device",
     "_pending_check",
     "_force_guarded",
+    "_number_keys",
 )
 
 
@@ -191,6 +193,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             )
         # (from the stages' own defaults: the values given may be per member)
         self._numeric = M.numeric_keys(defaults)
+        self._number_keys = (*self._numeric, *(["betas"] if "betas" in defaults else []))
         self._flags = {k: v for k, v in defaults.items() if isinstance(v, bool)}
         self._scalar_keys = _scalar_state_keys(self.transforms, defaults)
         defaults.update(hyperparams)
@@ -229,14 +232,14 @@ class ChainOptimizer(torch.optim.Optimizer):
         if compile is None:  # by size where the default engine chose flat storage
             by_size = chosen == "auto" and self.engine == "flat"
             compile = not by_size or sum(p.numel() for p in params) >= COMPILE_MIN_NUMEL
+            self._kernels.by_size = by_size
         self._kernels.compile = bool(compile)
 
     @property
     def _differentiable(self) -> bool:
         return bool(self.defaults.get("differentiable", False))
 
-    @staticmethod
-    def _values(group: Mapping[str, Any]) -> Mapping[str, Any]:
+    def _values(self, group: Mapping[str, Any]) -> Mapping[str, Any]:
         """``group`` as the step reads it: a 1-element tensor hyperparameter (torch accepts
         ``lr=torch.tensor(1e-3)``, tensor betas, ...) as a Python float, read with ``item()``
         as torch.optim reads it. Member groups' per-member tensors, and tensors that
@@ -244,12 +247,14 @@ class ChainOptimizer(torch.optim.Optimizer):
         if group.get("members") is not None:
             return group
         values = None
-        for key, value in group.items():
-            number = _host_number(value)
-            if number is not value:
-                if values is None:
-                    values = dict(group)
-                values[key] = number
+        for key in self._number_keys:
+            value = group.get(key)
+            if isinstance(value, _TENSOR_OR_TUPLE):
+                number = _host_number(value)
+                if number is not value:
+                    if values is None:
+                        values = dict(group)
+                    values[key] = number
         return group if values is None else values
 
     # -- param groups -----------------------------------------------------------------------
@@ -297,7 +302,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._wait_for_pending_check()
         for key in _PICKLED:
             state[key] = self.__dict__[key]
-        state["_kernels"] = FusedKernels(self._kernels.compile, self._kernels.backend)
+        kernels = self._kernels
+        state["_kernels"] = FusedKernels(kernels.compile, kernels.backend, kernels.by_size)
         state["_buckets"] = state["_bucket_key"] = state["_bucket_members"] = None
         return state
 
@@ -342,6 +348,9 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     def _step(self) -> None:
         self.check_finite()
+        if self.engine == "flat":
+            self._flat_step()
+            return
         work = [
             (group, [p for p in group["params"] if p.grad is not None])
             for group in self.param_groups
@@ -352,9 +361,6 @@ class ChainOptimizer(torch.optim.Optimizer):
         guarded = self.nonfinite != "ignore" and (
             self._force_guarded or any(g.device.type != "cpu" for g in grads)
         )
-        if self.engine == "flat":
-            self._flat_step(guarded)
-            return
         for p in (p for _, params in work for p in params):
             _check_supported(p)  # (the flat engine checks as gradients enter its buffers)
         if self._members is not None:
@@ -362,14 +368,14 @@ class ChainOptimizer(torch.optim.Optimizer):
             return
 
         finite = flags = None
-        if self.nonfinite != "ignore":
+        if self.nonfinite != "ignore" and guarded:
             flags = finite_flags(grads)  # (n_grads,)
             finite = flags.all()
-            if not guarded and not bool(finite):
-                if self.nonfinite == "raise":
-                    raise NonFiniteGradientError(self._describe_nonfinite(work))
-                self._skipped_host += 1
-                return
+        elif self.nonfinite != "ignore" and not all_finite(grads):
+            if self.nonfinite == "raise":
+                raise NonFiniteGradientError(self._describe_nonfinite(work))
+            self._skipped_host += 1
+            return
         named = work
         work = [(self._values(group), params) for group, params in work]
 
@@ -532,28 +538,26 @@ class ChainOptimizer(torch.optim.Optimizer):
         ]
 
     def _flat_buckets(self) -> list[FlatBucket]:
-        """The buckets for this step, built (or rebuilt) when the layout changed."""
-        work = [(group, self._flat_params(group)) for group in self.param_groups]
-        key = [
-            (
-                group,
-                tuple(stage.active(group) for stage in self.transforms),
-                tuple(tuple(stage.flags(group).items()) for stage in self.transforms),
-            )
-            for group, _ in work
-        ]
-        param_lists = [params for _, params in work]
+        """The buckets for this step, built (or rebuilt) when the layout changed, each with
+        its chain for this step (``bucket.chain``: the active stages and their flags)."""
+        work, key = [], []
+        for group in self.param_groups:
+            chain = [(stage, stage.flags(group)) for stage in self.transforms if stage.active(group)]
+            shape = tuple((type(stage), tuple(flags.items())) for stage, flags in chain)
+            work.append((group, self._flat_params(group), chain, shape))
+            key.append((group, shape))
+        param_lists = [params for _, params, _, _ in work]
         reusable = (
             self._buckets is not None
             and len(key) == len(self._bucket_key)
             and all(
-                new[0] is old[0] and new[1:] == old[1:]
+                new[0] is old[0] and new[1] == old[1]
                 for new, old in zip(key, self._bucket_key, strict=True)
             )
             and all(map(_same_tensors, param_lists, self._bucket_members))
         )
         if reusable and all(b.layout_intact() for b in self._buckets):
-            for bucket in self._buckets:
+            for bucket in self._buckets:  # (their chains are this step's: the keys are equal)
                 bucket.sync(self.state)
             return self._buckets
         if self._buckets is not None:  # who leaves gets storage of its own back
@@ -563,8 +567,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                     if id(p) not in staying:
                         bucket.release(p, self.state)
         buckets = []
-        for group, params in work:
-            stages = [stage for stage in self.transforms if stage.active(group)]
+        for group, params, chain, shape in work:
             by_kind: dict[tuple, list[Tensor]] = {}
             for p in params:
                 by_kind.setdefault((p.device, p.dtype), []).append(p)
@@ -572,40 +575,46 @@ class ChainOptimizer(torch.optim.Optimizer):
                 bucket = FlatBucket(
                     members,
                     group,
-                    stages,
+                    [stage for stage, _ in chain],
                     self.state,
                     _step_dtype(),
                     state_dtype=self._compute_dtype(members[0]),
                     members=self._members,
                 )
-                bucket.group = group
+                bucket.group, bucket.chain, bucket.shape = group, chain, shape
                 buckets.append(bucket)
         self._buckets, self._bucket_key, self._bucket_members = buckets, key, param_lists
         return buckets
 
-    def _flat_step(self, guarded: bool) -> None:
+    def _flat_step(self) -> None:
         buckets = self._flat_buckets()
         # What this step updates, per bucket: the parameters that have a gradient.
-        work = [(b.group, b.present_params()) for b in buckets]
-        slices = [(b, g) for b in buckets for g in b.present_grads()]
+        live = [b for b in buckets if b.present is None or any(b.present)]
+        if not live:
+            return
+        guarded = self.nonfinite != "ignore" and (
+            self._force_guarded or not all(b.on_cpu for b in live)
+        )
+        work = [(b.group, b.present_params()) for b in live]
+        slices = [(b, g) for b in live for g in b.present_grads()]
         if self._members is not None:
-            self._flat_members_step(buckets, work, slices, guarded)
+            self._flat_members_step(live, work, slices, guarded)
             return
         finite = flags = None
-        per_param = guarded and self.nonfinite == "raise"
-        if self.nonfinite != "ignore":
+        if self.nonfinite != "ignore" and guarded:
             # One reduction per run of gradients; per parameter only where an error will name
             # them.
+            per_param = self.nonfinite == "raise"
             tensors = [p.grad for _, ps in work for p in ps] if per_param else None
             flags = finite_flags(tensors or [g for _, g in slices])
             finite = flags.all()
-            if not guarded and not bool(finite):
-                if self.nonfinite == "raise":
-                    raise NonFiniteGradientError(self._describe_nonfinite(work))
-                self._skipped_host += 1
-                return
+        elif self.nonfinite != "ignore" and not all_finite([g for _, g in slices]):
+            if self.nonfinite == "raise":
+                raise NonFiniteGradientError(self._describe_nonfinite(work))
+            self._skipped_host += 1
+            return
         total_norm = None
-        if any(b.group["max_grad_norm"] is not None for b in buckets):
+        if any(b.group["max_grad_norm"] is not None for b in live):
             # (the kernel clips by value itself: a clipped copy is needed only for the norm)
             clipped = [
                 torch.clamp(g, -b.group["clip_value"], b.group["clip_value"])
@@ -615,7 +624,7 @@ class ChainOptimizer(torch.optim.Optimizer):
             ]
             total_norm = global_norm(clipped)
         for bucket in buckets:
-            self._flat_update(bucket, total_norm, finite if guarded else None)
+            self._flat_update(bucket, total_norm, finite)
         if guarded:
             # (flags name parameters only in "raise" mode, where they are per parameter)
             self._after_guarded_step(finite, flags, work)
@@ -635,7 +644,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                 M.clamp(g, b.group["clip_value"]) for g, (b, _) in zip(grads, slices, strict=True)
             ]
             norms = global_norm(clipped, members=self._members)  # (N,)
-        for bucket in buckets:
+        for bucket in self._buckets:
             self._flat_update(bucket, norms, finite)
         if guarded:
             self._after_guarded_step(finite, flags, work)
@@ -650,8 +659,8 @@ class ChainOptimizer(torch.optim.Optimizer):
             bucket.advance()
             return
         group, n = self._values(bucket.group), bucket.members
-        stages = [stage for stage in self.transforms if stage.active(group)]
-        flags = [stage.flags(group) for stage in stages]
+        stages = [stage for stage, _ in bucket.chain]
+        flags = [stage_flags for _, stage_flags in bucket.chain]
         wide = torch.float32 if bucket.device.type == "mps" else torch.float64
         if finite is not None:
             bucket.counters_on(bucket.device, self.state)
@@ -669,24 +678,42 @@ class ChainOptimizer(torch.optim.Optimizer):
             scale = clip_coefficient(total_norm, group["max_grad_norm"]).to(
                 bucket.device, bucket.compute_dtype
             )
+        # Eagerly, the parameters are updated in place (``add_``: one pass, no temporary)
+        # where nothing needs the old values; a compiled pass fuses its write anyway.
+        compiled = self._kernels.compiles(bucket.shape)
+        in_place = (
+            n is None and not compiled and finite is None and bucket.compute_dtype == bucket.dtype
+        )
         structure = (
-            tuple(type(stage) for stage in stages),
-            tuple(tuple(f.items()) for f in flags),
             clip_value is not None,
             scale is not None,
             bool(group["maximize"]),
             finite is not None,
             bucket.compute_dtype,
+            in_place,
         )
-        # Member kernels get their own code object (their coefficients are (1, N), not 0-dim).
-        key = structure if n is None else (*structure, "members")
-        kernel = self._kernels.get(key, lambda: fused_update(stages, flags, *structure[2:]))
+        cache_key = (structure, compiled, self._kernels)
+        kernel = bucket.kernels.get(cache_key)
+        if kernel is None:
+            # Member kernels get their own code object (their coefficients are (1, N)).
+            key = (bucket.shape, *structure, compiled)
+            if n is not None:
+                key = (*key, "members")
+            build = lambda: fused_update(stages, flags, *structure)  # noqa: E731
+            kernel = bucket.kernels[cache_key] = self._kernels.get(key, build, compiled)
+        host = bucket.host_counts  # (a Python mirror of the host counts: no tensor reads)
+        whole = len(segments) == 1 and segments[0] == (0, len(bucket.params))
         for first, stop in segments:
             if finite is None:
-                bucket.steps[first:stop] += 1
-                counts = bucket.steps[first]
-                step: float | Tensor = counts.item() if n is None else counts.to(torch.float64)
+                (bucket.steps if whole else bucket.steps[first:stop]).add_(1)
+                if host is not None:
+                    step: float | Tensor = host[first] + 1
+                    host[first:stop] = [step] * (stop - first)
+                else:
+                    counts = bucket.steps[first]
+                    step = counts.item() if n is None else counts.to(torch.float64)
             else:
+                bucket.host_counts = None  # (committed on the device: not read back)
                 step = bucket.steps[first].to(wide) + 1
             committed = {k: v[first] for k, v in bucket.scalars.items()}
             scalars_view = dict(committed)  # (a refused step keeps the committed values)
@@ -698,7 +725,8 @@ class ChainOptimizer(torch.optim.Optimizer):
                 scalars_view.update(produced)
             lo, hi = bucket.bounds[first], bucket.bounds[stop]
             if hi > lo:  # (zero-size parameters: nothing to compute, the count advances)
-                self._run_kernel(kernel, bucket, slice(lo, hi), group, coefficients, scale, finite)
+                rows = slice(lo, hi)
+                self._run_kernel(kernel, compiled, bucket, rows, group, coefficients, scale, finite)
             if finite is None:
                 for key_, value in new_scalars.items():
                     bucket.scalars[key_][first:stop] = value
@@ -714,6 +742,7 @@ class ChainOptimizer(torch.optim.Optimizer):
     def _run_kernel(
         self,
         kernel: Callable[..., None],
+        compiled: bool,
         bucket: FlatBucket,
         rows: slice,
         group: Mapping[str, Any],
@@ -722,27 +751,32 @@ class ChainOptimizer(torch.optim.Optimizer):
         finite: Tensor | None,
     ) -> None:
         n = bucket.members
-        numbers = [group["lr"]] + [v for c in coefficients for v in c.values()]
-        if group["clip_value"] is not None:
-            numbers.append(group["clip_value"])
-        if n is not None:
-            # (1, N) tensors, whatever is per member: new values never recompile.
-            packed = M.pack(numbers, n, bucket.device, bucket.compute_dtype, (1, n))
-        elif self._kernels.compiling or finite is not None:
-            # A compiled kernel gets every number as a 0-dim tensor in the parameters' dtype:
-            # values change every step (bias corrections, schedules) without recompiling.
-            packed = _pack(numbers, bucket)
+        clip = group["clip_value"]
+        if n is None and not compiled and finite is None:
+            # Eager kernels are fastest with plain Python scalars (the coefficients are).
+            lr, tensors = float(group["lr"]), coefficients
+            if clip is not None:
+                clip = float(clip)
         else:
-            # Eager kernels are fastest with plain Python scalars.
-            packed = [float(x) for x in numbers]
-        lr, rest = packed[0], packed[1:]
-        tensors, i = [], 0
-        for c in coefficients:
-            tensors.append(dict(zip(c, rest[i : i + len(c)], strict=True)))
-            i += len(c)
-        clip = rest[i] if group["clip_value"] is not None else None
+            numbers = [group["lr"]] + [v for c in coefficients for v in c.values()]
+            if clip is not None:
+                numbers.append(clip)
+            if n is not None:
+                # (1, N) tensors, whatever is per member: new values never recompile.
+                packed = M.pack(numbers, n, bucket.device, bucket.compute_dtype, (1, n))
+            else:
+                # A compiled kernel gets every number as a 0-dim tensor in the parameters'
+                # dtype: values change every step (bias corrections, schedules) without
+                # recompiling.
+                packed = _pack(numbers, bucket)
+            lr, rest = packed[0], packed[1:]
+            tensors, i = [], 0
+            for c in coefficients:
+                tensors.append(dict(zip(c, rest[i : i + len(c)], strict=True)))
+                i += len(c)
+            clip = rest[i] if clip is not None else None
         whole = rows.start == 0 and rows.stop == bucket.width
-        if self._kernels.compiling:
+        if compiled:
             if whole:
                 param, grad, state = bucket.param, bucket.grad, bucket.state
             else:
@@ -753,18 +787,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         # Eagerly, each operation of the chain makes a temporary: over cache-sized chunks
         # they stay in cache and the allocator reuses them, instead of faulting in fresh
         # pages for every full-length temporary.
-        for chunk in bucket.chunks(rows, EAGER_CHUNK):
-            chunk_state = {k: v[chunk] for k, v in bucket.state.items()}
-            kernel(
-                bucket.param[chunk],
-                bucket.grad[chunk],
-                chunk_state,
-                tensors,
-                lr,
-                clip,
-                scale,
-                finite,
-            )
+        for param, grad, state in bucket.chunks(rows, EAGER_CHUNK):
+            kernel(param, grad, state, tensors, lr, clip, scale, finite)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset gradients, as torch.optim does: ``set_to_none=True`` (the default) makes them

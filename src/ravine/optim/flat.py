@@ -82,8 +82,11 @@ class FlatBucket:
     ) -> None:
         self.params = list(params)
         self.members = members
+        self._chunks: dict[tuple, list] = {}
+        self.kernels: dict[tuple, Callable[..., None]] = {}  # (set by the engine, per structure)
         first = self.params[0]
         self.device, self.dtype = first.device, first.dtype
+        self.on_cpu = self.device.type == "cpu"
         self.compute_dtype = state_dtype or first.dtype  # state and arithmetic
         rows = members or 1
         self.offsets, total = [], 0  # (in elements of one row)
@@ -154,14 +157,26 @@ class FlatBucket:
             for p, o in zip(self.params, self.offsets, strict=True)
         ]
 
-    def chunks(self, rows: slice, size: int) -> list[slice]:
-        """``rows`` cut into contiguous pieces of about ``size`` elements (whole rows of a
-        member bucket's ``(D, N)``, so that the ``(1, N)`` coefficients apply). On the CPU
-        only: an accelerator runs each operation over the whole slice at once."""
-        if self.device.type != "cpu":
-            return [rows]
-        step = size if self.members is None else max(1, size // self.members)
-        return [slice(lo, min(lo + step, rows.stop)) for lo in range(rows.start, rows.stop, step)]
+    def chunks(self, rows: slice, size: int) -> list[tuple[Tensor, Tensor, dict[str, Tensor]]]:
+        """``(param, grad, state)`` views of ``rows`` cut into contiguous pieces of about
+        ``size`` elements (whole rows of a member bucket's ``(D, N)``, so that the ``(1, N)``
+        coefficients apply), made once per bucket and range. On the CPU only: an
+        accelerator runs each operation over the whole range at once."""
+        key = (rows.start, rows.stop, size)
+        cached = self._chunks.get(key)
+        if cached is None:
+            pieces = [rows]
+            if self.device.type == "cpu":
+                step = size if self.members is None else max(1, size // self.members)
+                pieces = [
+                    slice(lo, min(lo + step, rows.stop)) for lo in range(rows.start, rows.stop, step)
+                ]
+            cached = [
+                (self.param[c], self.grad[c], {k: v[c] for k, v in self.state.items()})
+                for c in pieces
+            ]
+            self._chunks[key] = cached
+        return cached
 
     def _attach_state(self, state: dict[Tensor, dict[str, Any]]) -> None:
         """Make ``state[p][key]`` views into flat storage, copying in what is already there."""
@@ -191,6 +206,7 @@ class FlatBucket:
             return
         self.steps = self.steps.to(device)
         self.scalars = {key: value.to(device) for key, value in self.scalars.items()}
+        self.host_counts = None
         self._attach_counters(state)
 
     def layout_intact(self) -> bool:
@@ -268,6 +284,8 @@ class FlatBucket:
             for i in range(len(self.params))
         ]
         self._set_classes(_relabel(keys))
+        host = self.steps.device.type == "cpu" and self.members is None
+        self.host_counts: list[float] | None = self.steps.tolist() if host else None
 
     def _set_classes(self, classes: list[int]) -> None:
         self.classes = classes
@@ -372,11 +390,14 @@ def fused_update(
     maximize: bool,
     guarded: bool,
     compute_dtype: torch.dtype,
+    in_place: bool = False,
 ) -> Callable[..., None]:
     """The step over one bucket, with the structure (stages, variants, options) baked in.
 
     Its arguments are tensors only — flat param, grad, state buffers, and the 0-dim
     coefficients — so a compiled version is reused whatever the hyperparameters' values.
+    ``in_place`` (eager, unguarded, state in the parameters' dtype): the parameters are
+    updated with one ``add_`` (a Python-float ``lr``) instead of a new tensor copied back.
     """
 
     def update(
@@ -403,23 +424,33 @@ def fused_update(
             u, produced = stage.apply(u, weights, view, c, stage_flags)
             new.update(produced)
             view.update(produced)
+        for key, value in new.items():
+            if guarded:
+                value = torch.where(finite, value, state[key])
+            state[key].copy_(value)
+        if in_place:
+            param.add_(u, alpha=-lr)
+            return
         updated = weights - lr * u
         if guarded:
             updated = torch.where(finite, updated, weights)
-            new = {k: torch.where(finite, v, state[k]) for k, v in new.items()}
         param.copy_(updated)
-        for key, value in new.items():
-            state[key].copy_(value)
 
     return update
 
 
 class FusedKernels:
-    """Compiled (or eager) ``fused_update`` functions, one per structure, built on first use."""
+    """Compiled (or eager) ``fused_update`` functions, one per structure, built on first use.
 
-    def __init__(self, compile: bool, backend: Any = "inductor") -> None:
+    ``by_size``: compiling was decided by the model's size (the default engine), and then a
+    pass that is a single ``add_`` (plain SGD: no stage) runs eagerly, where a compiler has
+    nothing to fuse.
+    """
+
+    def __init__(self, compile: bool, backend: Any = "inductor", by_size: bool = False) -> None:
         self.compile = compile
         self.backend = backend
+        self.by_size = by_size
         self._cache: dict[tuple, Callable[..., None]] = {}
         self.compile_failed = False
 
@@ -427,12 +458,18 @@ class FusedKernels:
     def compiling(self) -> bool:
         return self.compile and not self.compile_failed
 
-    def get(self, key: tuple, build: Callable[[], Callable[..., None]]) -> Callable[..., None]:
+    def compiles(self, shape: tuple) -> bool:
+        """Whether the pass of a chain of this shape (active stages and flags) is compiled."""
+        return self.compiling and (bool(shape) or not self.by_size)
+
+    def get(
+        self, key: tuple, build: Callable[[], Callable[..., None]], compiled: bool = True
+    ) -> Callable[..., None]:
         kernel = self._cache.get(key)
         if kernel is None:
             kernel = build()
-            if self.compile and not self.compile_failed:
-                stages = " -> ".join(t.__name__ for t in key[0]) if key and key[0] else "step"
+            if compiled and self.compiling:
+                stages = " -> ".join(t.__name__ for t, _ in key[0]) if key and key[0] else "step"
                 kernel = _compiled(_with_own_code(kernel, (key, self.backend)), self, stages)
             self._cache[key] = kernel
         return kernel
