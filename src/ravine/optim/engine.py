@@ -542,7 +542,9 @@ class ChainOptimizer(torch.optim.Optimizer):
         its chain for this step (``bucket.chain``: the active stages and their flags)."""
         work, key = [], []
         for group in self.param_groups:
-            chain = [(stage, stage.flags(group)) for stage in self.transforms if stage.active(group)]
+            chain = [
+                (stage, stage.flags(group)) for stage in self.transforms if stage.active(group)
+            ]
             shape = tuple((type(stage), tuple(flags.items())) for stage, flags in chain)
             work.append((group, self._flat_params(group), chain, shape))
             key.append((group, shape))

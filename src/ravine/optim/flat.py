@@ -169,7 +169,8 @@ class FlatBucket:
             if self.device.type == "cpu":
                 step = size if self.members is None else max(1, size // self.members)
                 pieces = [
-                    slice(lo, min(lo + step, rows.stop)) for lo in range(rows.start, rows.stop, step)
+                    slice(lo, min(lo + step, rows.stop))
+                    for lo in range(rows.start, rows.stop, step)
                 ]
             cached = [
                 (self.param[c], self.grad[c], {k: v[c] for k, v in self.state.items()})
@@ -229,8 +230,16 @@ class FlatBucket:
         Identity checks first, mapped in C: on the usual step nothing was replaced and this
         costs a few pointer comparisons per parameter (it runs on every step).
         """
-        if all(map(operator.is_, map(_GRAD, self.params), self.grad_views)):
+        grads = list(map(_GRAD, self.params))
+        if all(map(operator.is_, grads, self.grad_views)):
             self.present = None  # (every parameter has its gradient in place: the usual step)
+        elif self._all_fresh(grads):
+            # Fresh gradients for every parameter (after zero_grad(), torch's default): one
+            # concatenation into the flat buffer instead of a copy per parameter.
+            torch.cat([g.reshape(-1) for g in grads], out=self.grad)
+            for p, view in zip(self.params, self.grad_views, strict=True):
+                p.grad = view
+            self.present = None
         else:
             for p, view in zip(self.params, self.grad_views, strict=True):
                 grad = p.grad
@@ -268,6 +277,20 @@ class FlatBucket:
                     views[i].copy_(value.detach())
         self._attach_counters(state)
         self._classify()
+
+    def _all_fresh(self, grads: list[Tensor | None]) -> bool:
+        """Every parameter has a gradient and none lives in this bucket's storage."""
+        if self.members is not None or any(g is None for g in grads):
+            return False
+        for grad in grads:
+            _check_dense(grad)
+        base = self.grad.untyped_storage().data_ptr()
+        return all(
+            g.dtype == self.dtype
+            and g.device == self.device
+            and g.untyped_storage().data_ptr() != base
+            for g in grads
+        )
 
     def _note_gradients(self) -> None:
         present = [p.grad is not None for p in self.params]
@@ -410,8 +433,9 @@ def fused_update(
         scale: Tensor | None,
         finite: Tensor | None,
     ) -> None:
-        u = grad.to(compute_dtype)
-        weights = param.to(compute_dtype)  # no copy when the dtypes agree
+        # (no conversion, not even a no-op call, when the dtypes agree)
+        u = grad if grad.dtype == compute_dtype else grad.to(compute_dtype)
+        weights = param if param.dtype == compute_dtype else param.to(compute_dtype)
         if clip_value:
             u = torch.clamp(u, -clip, clip)
         if clip_scale:
