@@ -560,6 +560,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         )
         if reusable and all(b.layout_intact() for b in self._buckets):
             for bucket in self._buckets:  # (their chains are this step's: the keys are equal)
+                bucket.direct = self._direct(bucket)
                 bucket.sync(self.state)
             return self._buckets
         if self._buckets is not None:  # who leaves gets storage of its own back
@@ -587,6 +588,21 @@ class ChainOptimizer(torch.optim.Optimizer):
                 buckets.append(bucket)
         self._buckets, self._bucket_key, self._bucket_members = buckets, key, param_lists
         return buckets
+
+    def _direct(self, bucket: FlatBucket) -> bool:
+        """Whether ``bucket``'s pass is only ``param -= lr * grad`` this step (plain SGD,
+        eager, unguarded, nothing to clip): then it reads fresh gradients where they are, one
+        multi-tensor ``add_``, instead of copying them into flat storage first."""
+        group = bucket.group
+        return (
+            not bucket.chain
+            and bucket.members is None
+            and bucket.compute_dtype == bucket.dtype
+            and group["clip_value"] is None
+            and group["max_grad_norm"] is None
+            and not self._kernels.compiles(bucket.shape)
+            and (self.nonfinite == "ignore" or (bucket.on_cpu and not self._force_guarded))
+        )
 
     def _flat_step(self) -> None:
         buckets = self._flat_buckets()
@@ -726,7 +742,12 @@ class ChainOptimizer(torch.optim.Optimizer):
                 new_scalars.update(produced)
                 scalars_view.update(produced)
             lo, hi = bucket.bounds[first], bucket.bounds[stop]
-            if hi > lo:  # (zero-size parameters: nothing to compute, the count advances)
+            if bucket.fresh and in_place:  # (direct: only add the gradients where they are)
+                lr = float(group["lr"])
+                params = bucket.params[first:stop]
+                grads = [p.grad for p in params]
+                torch._foreach_add_(params, grads, alpha=lr if group["maximize"] else -lr)
+            elif hi > lo:  # (zero-size parameters: nothing to compute, the count advances)
                 rows = slice(lo, hi)
                 self._run_kernel(kernel, compiled, bucket, rows, group, coefficients, scale, finite)
             if finite is None:

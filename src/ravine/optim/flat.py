@@ -83,6 +83,10 @@ class FlatBucket:
         self.params = list(params)
         self.members = members
         self._chunks: dict[tuple, list] = {}
+        # ``direct``: set by the engine each step where its pass only adds the gradients to the
+        # parameters (plain SGD, eager): fresh gradients are then read where they are, not
+        # copied in first (``fresh``).
+        self.direct = self.fresh = False
         self.kernels: dict[tuple, Callable[..., None]] = {}  # (set by the engine, per structure)
         first = self.params[0]
         self.device, self.dtype = first.device, first.dtype
@@ -231,12 +235,20 @@ class FlatBucket:
         costs a few pointer comparisons per parameter (it runs on every step).
         """
         grads = list(map(_GRAD, self.params))
+        self.fresh = False
         if all(map(operator.is_, grads, self.grad_views)):
             self.present = None  # (every parameter has its gradient in place: the usual step)
+        elif self.direct:
+            # A pass that only adds the gradients (plain SGD) reads them where they are.
+            for grad in grads:
+                if grad is not None:
+                    _check_dense(grad)
+            self._note_gradients()
+            self.fresh = True
         elif self._all_fresh(grads):
             # Fresh gradients for every parameter (after zero_grad(), torch's default): one
-            # concatenation into the flat buffer instead of a copy per parameter.
-            torch.cat([g.reshape(-1) for g in grads], out=self.grad)
+            # multi-tensor copy into the flat buffer instead of a copy per parameter.
+            torch._foreach_copy_(self._flat_grad_views(), [g.reshape(-1) for g in grads])
             for p, view in zip(self.params, self.grad_views, strict=True):
                 p.grad = view
             self.present = None
@@ -277,6 +289,14 @@ class FlatBucket:
                     views[i].copy_(value.detach())
         self._attach_counters(state)
         self._classify()
+
+    def _flat_grad_views(self) -> list[Tensor]:
+        views = getattr(self, "_flat_views", None)
+        if views is None:
+            views = self._flat_views = [
+                self.grad[a:b] for a, b in zip(self.bounds, self.bounds[1:], strict=False)
+            ]
+        return views
 
     def _all_fresh(self, grads: list[Tensor | None]) -> bool:
         """Every parameter has a gradient and none lives in this bucket's storage."""
@@ -336,7 +356,10 @@ class FlatBucket:
     _segments_key: tuple | None = None
 
     def present_grads(self) -> list[Tensor]:
-        """The gradient buffer where this step has gradients, as few contiguous slices."""
+        """The gradient buffer where this step has gradients, as few contiguous slices (the
+        gradients themselves where they stay outside it, see ``direct``)."""
+        if self.fresh:
+            return [p.grad for p in self.present_params()]
         if self.present is None:
             return [self.grad]
         runs: list[list[int]] = []
