@@ -75,10 +75,11 @@ __all__ = [
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
 ENGINES = ("auto", "simple", "flat")
 #: From this many parameters on, the default engine compiles its fused pass: the first step
-#: then takes about a second (warm inductor cache; several cold), which a model this size
-#: repays within a few hundred steps (``benchmarks/optim_step.py``). Below it the pass runs
-#: eagerly, which already beats torch's default for-loop step.
-COMPILE_MIN_NUMEL = 1 << 20
+#: then takes about a second (warm inductor cache; several seconds cold), which the faster
+#: steps repay within about a thousand (``benchmarks/optim_step.py``: at half a million
+#: parameters, compiled Adam saves about 1 ms a step on a 2-core CPU). Below it the pass runs
+#: eagerly.
+COMPILE_MIN_NUMEL = 1 << 19
 #: torch.optim's implementation flags, with torch's defaults. They choose how torch computes
 #: a step, never what: ravine keeps them in the param groups (state dicts move both ways)
 #: and maps them onto its engines, or refuses them with a reason (``_requested_engine``).
