@@ -18,7 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         (
             "optim_step.py",
             ["--params", "4e3", "--tensors", "4", "--steps", "2", "--optimizers", "adam"],
-            "ravine flat against torch",
+            "ravine against torch",
         ),
         ("restarts.py", ["--restarts", "2", "--epochs", "1", "--repeats", "1"], "speed-up"),
         ("tune.py", ["--trials", "2", "--epochs", "1", "--repeats", "1"], "speed-up"),

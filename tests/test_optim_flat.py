@@ -37,7 +37,7 @@ def _run(opt, params, steps, *, set_to_none=False):
             for p in params:
                 p.grad = None  # what model.zero_grad() does
         else:
-            opt.zero_grad()
+            opt.zero_grad(set_to_none=False)  # the flat engine zeroes its buffer in place
         _loss(params, step).backward()
         opt.step()
 
@@ -45,7 +45,7 @@ def _run(opt, params, steps, *, set_to_none=False):
 @pytest.mark.parametrize("name", list(ro.OPTIMIZERS))
 def test_flat_equals_simple_float32_after_100_steps(name):
     simple, flat = _model(0), _model(0)
-    opt_simple = ro.make_optimizer(name, _groups(simple), **HYPER)
+    opt_simple = ro.make_optimizer(name, _groups(simple), **HYPER, engine="simple")
     opt_flat = ro.make_optimizer(name, _groups(flat), **HYPER, engine="flat", compile=False)
     _run(opt_simple, simple, 100)
     _run(opt_flat, flat, 100)
@@ -81,7 +81,7 @@ def test_parameters_gradients_and_state_are_views_into_flat_storage():
 
 def test_replaced_gradients_and_loaded_state_are_copied_in():
     reference, flat = _model(2), _model(2)
-    opt_ref = ro.NAdam(_groups(reference), lr=0.01)
+    opt_ref = ro.NAdam(_groups(reference), lr=0.01, engine="simple")
     opt_flat = ro.NAdam(_groups(flat), lr=0.01, engine="flat", compile=False)
     _run(opt_ref, reference, 5)
     _run(opt_flat, flat, 5, set_to_none=True)  # fresh .grad tensors every step: copied in
@@ -101,7 +101,7 @@ def test_replaced_gradients_and_loaded_state_are_copied_in():
 
 def test_state_dicts_move_between_engines():
     simple, flat = _model(3), _model(3)
-    opt_simple = ro.RMSprop(_groups(simple), lr=0.01, momentum=0.5, centered=True)
+    opt_simple = ro.RMSprop(_groups(simple), lr=0.01, momentum=0.5, centered=True, engine="simple")
     _run(opt_simple, simple, 4)
     for p, q in zip(flat, simple, strict=True):
         p.data.copy_(q.data)
@@ -113,33 +113,42 @@ def test_state_dicts_move_between_engines():
     _run(opt_flat, flat, 6)
     for a, b in zip(simple, flat, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
-    back = ro.RMSprop(_groups(_model(3)), lr=0.01, momentum=0.5, centered=True)
+    back = ro.RMSprop(_groups(_model(3)), lr=0.01, momentum=0.5, centered=True, engine="simple")
     back.load_state_dict(copy.deepcopy(opt_flat.state_dict()))  # and the other way
     assert back.state_dict()["state"][0]["step"] == 10
 
 
-def test_missing_gradient_falls_back_with_a_warning_and_stays_correct():
+def test_missing_gradient_is_skipped_on_flat_storage_and_stays_correct():
     simple, flat = _model(4), _model(4)
-    opt_simple = ro.Adam(simple, lr=0.01)
+    opt_simple = ro.Adam(simple, lr=0.01, engine="simple")
     opt_flat = ro.Adam(flat, lr=0.01, engine="flat", compile=False)
     for opt, params in ((opt_simple, simple), (opt_flat, flat)):
         _run(opt, params, 2)
+    buckets = opt_flat._buckets
     for opt, params in ((opt_simple, simple), (opt_flat, flat)):
         opt.zero_grad()
         _loss(params, 7).backward()
         params[1].grad = None  # this parameter took no part in this step
+    before = flat[1].detach().clone(), opt_flat.state[flat[1]]["exp_avg"].clone()
     opt_simple.step()
     opt_flat.step()  # the others are updated, this one is not: as torch.optim does
+    assert torch.equal(flat[1], before[0]) and torch.equal(
+        opt_flat.state[flat[1]]["exp_avg"], before[1]
+    )
     _run(opt_simple, simple, 3)
-    with pytest.warns(RuntimeWarning, match="different step counts"):
-        _run(opt_flat, flat, 3)  # counts now differ: the simple engine takes over
+    _run(opt_flat, flat, 3)  # counts now differ: parameter 1 is one step behind, still flat
+    assert opt_flat._buckets is buckets  # no rebuild, no fallback (a warning would fail)
+    assert [float(opt_flat.state[p]["step"]) for p in flat] == [6, 5, 6, 6, 6]
     for a, b in zip(simple, flat, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+    for p, q in zip(simple, flat, strict=True):
+        for key, value in opt_simple.state[p].items():
+            torch.testing.assert_close(opt_flat.state[q][key], value, rtol=1e-6, atol=1e-6)
 
 
 def test_freezing_a_parameter_later_rebuilds_the_layout():
     simple, flat = _model(5), _model(5)
-    opt_simple = ro.SGD(simple, lr=0.01, momentum=0.9)
+    opt_simple = ro.SGD(simple, lr=0.01, momentum=0.9, engine="simple")
     opt_flat = ro.SGD(flat, lr=0.01, momentum=0.9, engine="flat", compile=False)
     _run(opt_simple, simple, 3)
     _run(opt_flat, flat, 3)
@@ -182,7 +191,7 @@ def _assert_poisoned_step_is_refused(opt, params, where, bad):
 def test_compiled_flat_engine_matches_and_does_not_recompile_when_lr_changes():
     counter = torch._dynamo.testing.CompileCounter()
     simple, flat = _model(7), _model(7)
-    opt_simple = ro.Adam(simple, lr=0.01, betas=(0.9, 0.99))
+    opt_simple = ro.Adam(simple, lr=0.01, betas=(0.9, 0.99), engine="simple")
     opt_flat = ro.Adam(flat, lr=0.01, betas=(0.9, 0.99), engine="flat")
     opt_flat._kernels = FusedKernels(compile=True, backend=counter)
     schedules = [
@@ -207,7 +216,7 @@ def test_compiled_flat_engine_matches_and_does_not_recompile_when_lr_changes():
 def test_inductor_compiled_kernels_equal_the_simple_engine(name):
     # What users run: the kernels inductor generates, not the traced graph run eagerly.
     simple, flat = _model(5), _model(5)
-    opt_simple = ro.make_optimizer(name, _groups(simple), **HYPER)
+    opt_simple = ro.make_optimizer(name, _groups(simple), **HYPER, engine="simple")
     opt_flat = ro.make_optimizer(name, _groups(flat), **HYPER, engine="flat")
     _run(opt_simple, simple, 20)
     _run(opt_flat, flat, 20)
@@ -258,7 +267,7 @@ def test_buckets_of_different_sizes_share_one_kernel():
     simple, flat = ([torch.nn.Parameter(torch.randn(s)) for s in shapes] for _ in range(2))
     for a, b in zip(simple, flat, strict=True):
         b.data.copy_(a.data)
-    opt_simple = ro.Adam([{"params": [p]} for p in simple], lr=0.01)
+    opt_simple = ro.Adam([{"params": [p]} for p in simple], lr=0.01, engine="simple")
     opt_flat = ro.Adam([{"params": [p]} for p in flat], lr=0.01, engine="flat")
     opt_flat._kernels = FusedKernels(compile=True, backend=counter)
     _run(opt_simple, simple, 3)
@@ -272,7 +281,7 @@ def test_buckets_of_different_sizes_share_one_kernel():
 
 
 def test_unknown_engine_is_rejected():
-    with pytest.raises(ValueError, match="engine must be one of simple, flat; got 'fast'"):
+    with pytest.raises(ValueError, match="engine must be one of auto, simple, flat; got 'fast'"):
         ro.Adam(_model(0), engine="fast")
 
 
@@ -284,7 +293,7 @@ def _bf16_run(engine, state_dtype, steps=30, name="adam"):
         name, params, lr=0.01, state_dtype=state_dtype, engine=engine, compile=False
     )
     reference = [torch.nn.Parameter(b.clone()) for b in base]
-    opt_reference = ro.make_optimizer(name, reference, lr=0.01)
+    opt_reference = ro.make_optimizer(name, reference, lr=0.01, engine="simple")
     for _ in range(steps):
         grads = [torch.randn(b.shape, generator=g) for b in base]
         for p, q, grad in zip(params, reference, grads, strict=True):
@@ -347,16 +356,17 @@ def test_invalid_state_dtype_is_rejected():
 def test_a_parameter_joining_late_keeps_its_own_step_count():
     """Its first update must use bias correction 1, not the others' count (review finding)."""
     simple, flat = _model(8), _model(8)
-    opt_simple = ro.Adam(simple, lr=0.1)
+    opt_simple = ro.Adam(simple, lr=0.1, engine="simple")
     opt_flat = ro.Adam(flat, lr=0.1, engine="flat", compile=False)
     for opt, params in ((opt_simple, simple), (opt_flat, flat)):
         opt.zero_grad()
         _loss(params, 0).backward()
         params[1].grad = None  # not used on the first step
         opt.step()
+    assert opt_flat.state[flat[1]] == {}  # no state before its first update, as in torch
     _run(opt_simple, simple, 3)
-    with pytest.warns(RuntimeWarning, match="different step counts"):
-        _run(opt_flat, flat, 3)
+    _run(opt_flat, flat, 3)  # it joins the flat storage at its own count (no fallback)
+    assert any(p is flat[1] for p in opt_flat._buckets[0].params)
     for a, b in zip(simple, flat, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
     assert opt_flat.state[flat[1]]["step"] == 3

@@ -200,8 +200,7 @@ class Run:
     def step(self, *, poison=None, missing=False):
         """One step of everything; ``poison=(row, value)`` writes ``value`` into that row's
         gradient (its references then skip the step); ``missing``: parameter 1 gets no
-        gradient (None on the simple engine; zero on the flat one, whose gradients are
-        views, as in test_optim_parity)."""
+        gradient (None)."""
         step = self.steps
         self.opt.zero_grad()
         losses = [_loss([p[r] for p in self.stacked], step, k) for r, k in enumerate(self.ids)]
@@ -227,11 +226,9 @@ class Run:
                 opt.step()
         self.steps += 1
 
-    def _drop_gradient(self, p):
-        if self.engine == "simple":
-            p.grad = None
-        else:
-            p.grad.zero_()
+    @staticmethod
+    def _drop_gradient(p):
+        p.grad = None  # (both engines: not updated, as torch.optim does)
 
     def _clip(self, params, k):
         grads = [p for p in params if p.grad is not None]
@@ -528,13 +525,15 @@ def test_flat_member_layout_keeps_the_member_index_innermost():
     assert all(p.grad is g for p, g in zip(params, grads, strict=True))
 
 
-def test_flat_member_step_without_gradient_falls_back_and_stays_correct():
+def test_flat_member_step_without_gradient_stays_flat_and_correct():
     run = Run("adam", "flat")
-    run.engine = "simple"  # (its missing-gradient convention: None)
     run.step()
-    with pytest.warns(RuntimeWarning, match="different step counts"):
-        run.step(missing=True)  # rebuilt without parameter 1...
-        run.step()  # ...which is back, one step behind: the simple engine takes over
+    buckets = run.opt._buckets
+    run.step(missing=True)  # parameter 1 gets no gradient: not updated, one step behind...
+    run.step()  # ...and back, at its own count, in the same flat storage (no fallback)
+    assert run.opt._buckets is buckets
+    steps = [run.opt.state[p]["step"].tolist() for p in run.stacked[:3]]
+    assert steps == [[3.0] * N, [2.0] * N, [3.0] * N]
     run.assert_matches()
 
 
@@ -545,7 +544,13 @@ def test_changing_member_values_does_not_recompile_the_flat_kernel():
     hyper = {"lr": torch.tensor(LRS), "betas": (torch.tensor(BETAS[0]), 0.99), "eps": 1e-8}
     opt = ro.Adam(params, members=N, engine="flat", weight_decay=torch.tensor(DECAY), **hyper)
     opt._kernels = FusedKernels(compile=True, backend=counter)
-    simple = ro.Adam(reference, members=N, weight_decay=torch.tensor(DECAY), **copy.deepcopy(hyper))
+    simple = ro.Adam(
+        reference,
+        members=N,
+        weight_decay=torch.tensor(DECAY),
+        engine="simple",
+        **copy.deepcopy(hyper),
+    )
     for step in range(6):
         for o, ps in ((opt, params), (simple, reference)):
             group = o.param_groups[0]

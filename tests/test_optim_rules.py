@@ -146,9 +146,12 @@ def test_in_optimizer_clipping_equals_clip_then_step(option, torch_clip):
 # -- NaN / Inf --------------------------------------------------------------------------------
 
 
-def _poisoned_setup(name, nonfinite, guarded=False):
+ENGINES = {"simple": {"engine": "simple"}, "flat": {"engine": "flat", "compile": False}}
+
+
+def _poisoned_setup(name, nonfinite, guarded=False, engine="simple"):
     params = _grads_like_model(3)
-    opt = ro.make_optimizer(name, params, lr=0.01, nonfinite=nonfinite)
+    opt = ro.make_optimizer(name, params, lr=0.01, nonfinite=nonfinite, **ENGINES[engine])
     opt._force_guarded = guarded
     opt.step()  # one clean step so that state exists
     before_params = [p.detach().clone() for p in params]
@@ -208,10 +211,11 @@ def test_finite_flags_agree_with_isfinite_everywhere():
     assert finite_flags(tensors).dtype == torch.bool
 
 
+@pytest.mark.parametrize("engine", list(ENGINES))
 @pytest.mark.parametrize("name", list(ro.OPTIMIZERS))
 @pytest.mark.parametrize("guarded", [False, True], ids=["host-branch", "sync-free"])
-def test_nonfinite_skip_leaves_parameters_and_state_unchanged(name, guarded):
-    params, opt, before_params, before_state = _poisoned_setup(name, "skip", guarded)
+def test_nonfinite_skip_leaves_parameters_and_state_unchanged(name, guarded, engine):
+    params, opt, before_params, before_state = _poisoned_setup(name, "skip", guarded, engine)
     opt.step()
     opt.step()
     _assert_unchanged(params, opt, before_params, before_state)
@@ -223,27 +227,31 @@ def test_nonfinite_skip_leaves_parameters_and_state_unchanged(name, guarded):
     assert all(torch.isfinite(p).all() for p in params)
 
 
+@pytest.mark.parametrize("engine", list(ENGINES))
 @pytest.mark.parametrize("name", ["sgd", "adam", "nadam"])
-def test_nonfinite_raise_names_the_parameter_and_changes_nothing(name):
-    params, opt, before_params, before_state = _poisoned_setup(name, "raise")
+def test_nonfinite_raise_names_the_parameter_and_changes_nothing(name, engine):
+    params, opt, before_params, before_state = _poisoned_setup(name, "raise", engine=engine)
     with pytest.raises(ro.NonFiniteGradientError, match=r"parameter #0 \(5, 3\): 1 NaN, 0 Inf"):
         opt.step()
     _assert_unchanged(params, opt, before_params, before_state)
 
 
-def test_nonfinite_raise_on_the_sync_free_path_raises_at_the_next_step():
-    params, opt, before_params, before_state = _poisoned_setup("adam", "raise", guarded=True)
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_nonfinite_raise_on_the_sync_free_path_raises_at_the_next_step(engine):
+    params, opt, before_params, before_state = _poisoned_setup("adam", "raise", True, engine)
     opt.step()  # no host sync here: the step is refused on the device, the error comes next
     _assert_unchanged(params, opt, before_params, before_state)
     with pytest.raises(ro.NonFiniteGradientError, match=r"parameter #0 \(5, 3\), parameter #1"):
         opt.step()
 
 
-def test_momentum_dampening_first_step_refused_on_the_sync_free_path():
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_momentum_dampening_first_step_refused_on_the_sync_free_path(engine):
     guarded, plain = _grads_like_model(4), _grads_like_model(4)
-    opt_guarded = ro.SGD(guarded, lr=0.1, momentum=0.9, dampening=0.5, nonfinite="skip")
+    hyper = {"lr": 0.1, "momentum": 0.9, "dampening": 0.5, **ENGINES[engine]}
+    opt_guarded = ro.SGD(guarded, nonfinite="skip", **hyper)
     opt_guarded._force_guarded = True
-    opt_plain = ro.SGD(plain, lr=0.1, momentum=0.9, dampening=0.5)
+    opt_plain = ro.SGD(plain, **hyper)
     clean = [p.grad.clone() for p in guarded]
     guarded[0].grad[0, 0] = float("nan")
     opt_guarded.step()
@@ -256,12 +264,14 @@ def test_momentum_dampening_first_step_refused_on_the_sync_free_path():
         torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
 
 
+@pytest.mark.parametrize("engine", list(ENGINES))
 @pytest.mark.parametrize("name", list(ro.OPTIMIZERS))
-def test_sync_free_path_equals_host_path_on_finite_gradients(name):
+def test_sync_free_path_equals_host_path_on_finite_gradients(name, engine):
     guarded, plain = _grads_like_model(5), _grads_like_model(5)
-    opt_guarded = ro.make_optimizer(name, guarded, lr=0.01, weight_decay=0.01)
+    hyper = {"lr": 0.01, "weight_decay": 0.01, **ENGINES[engine]}
+    opt_guarded = ro.make_optimizer(name, guarded, **hyper)
     opt_guarded._force_guarded = True
-    opt_plain = ro.make_optimizer(name, plain, lr=0.01, weight_decay=0.01)
+    opt_plain = ro.make_optimizer(name, plain, **hyper)
     for _ in range(5):
         opt_guarded.step()
         opt_plain.step()

@@ -37,7 +37,6 @@ refused and the error names the members. :meth:`ChainOptimizer.keep_members` pru
 from __future__ import annotations
 
 import operator
-import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -45,8 +44,8 @@ import torch
 from torch import Tensor
 
 from ravine.optim import members as M
-from ravine.optim._math import clip_coefficient, finite_flags, global_norm, rows
-from ravine.optim.flat import FlatBucket, FusedKernels, Unflattenable, fused_update
+from ravine.optim._math import all_finite, clip_coefficient, finite_flags, global_norm, rows
+from ravine.optim.flat import FlatBucket, FusedKernels, fused_update
 from ravine.optim.transforms import Transform
 from ravine.optim.validation import (
     check_arithmetic,
@@ -60,19 +59,37 @@ from ravine.optim.validation import (
 
 __all__ = [
     "COMMON_HYPERPARAMS",
+    "COMPILE_MIN_NUMEL",
     "ENGINES",
     "NONFINITE_POLICIES",
+    "TORCH_FLAGS",
     "ChainOptimizer",
     "NonFiniteGradientError",
     "check_betas",
     "check_nonnegative",
     "check_positive",
     "check_unit_interval",
+    "default_engine",
 ]
 
 NONFINITE_POLICIES = ("raise", "skip", "ignore")
-ENGINES = ("simple", "flat")
-EAGER_CHUNK = 1 << 18  # elements per eager flat pass: its temporaries (1 MiB each) stay in cache
+ENGINES = ("auto", "simple", "flat")
+#: From this many parameters on, the default engine compiles its fused pass: the first step
+#: then takes about a second (warm inductor cache; several seconds cold), which the faster
+#: steps repay within about a thousand (``benchmarks/optim_step.py``: at half a million
+#: parameters, compiled Adam saves about 1 ms a step on a 2-core CPU). Below it the pass runs
+#: eagerly.
+COMPILE_MIN_NUMEL = 1 << 19
+#: torch.optim's implementation flags, with torch's defaults. They choose how torch computes
+#: a step, never what: ravine keeps them in the param groups (state dicts move both ways)
+#: and maps them onto its engines, or refuses them with a reason (``_requested_engine``).
+TORCH_FLAGS: Mapping[str, Any] = {
+    "foreach": None,
+    "fused": None,
+    "capturable": False,
+    "differentiable": False,
+}
+EAGER_CHUNK = 1 << 17  # elements per eager flat pass: its temporaries (512 KiB each) stay in cache
 
 #: Hyperparameters every ravine optimizer understands, on top of its own.
 COMMON_HYPERPARAMS: Mapping[str, Any] = {
@@ -83,6 +100,7 @@ COMMON_HYPERPARAMS: Mapping[str, Any] = {
     "members": None,  # N: the group's parameters are N stacked copies (N, ...) (members.py)
 }
 _CPU = torch.device("cpu")
+_TENSOR_OR_TUPLE = (Tensor, tuple)
 #: ChainOptimizer attributes that pickling and deepcopy carry (see ``__getstate__``).
 _PICKLED = (
     "transforms",
@@ -99,7 +117,7 @@ _PICKLED = (
     "_skipped_device",
     "_pending_check",
     "_force_guarded",
-    "_fallback_warned",
+    "_number_keys",
 )
 
 
@@ -125,8 +143,12 @@ class ChainOptimizer(torch.optim.Optimizer):
         transforms: the chain of stages, applied in order.
         nonfinite: what to do with a NaN/Inf gradient: ``"raise"``, ``"skip"`` or ``"ignore"``.
             In a member group, per member (see the module docstring).
-        engine: ``"simple"`` (per tensor) or ``"flat"`` (contiguous storage, one fused pass).
-        compile: with the flat engine, compile the pass with ``torch.compile``.
+        engine: ``"auto"`` (default: the flat engine wherever it can run the step, else the
+            simple one; see :func:`default_engine`), ``"simple"`` (per tensor, the reference)
+            or ``"flat"`` (contiguous storage, one fused pass).
+        compile: compile the flat engine's pass with ``torch.compile``. None (default): with
+            ``engine="flat"`` always, with ``engine="auto"`` from ``COMPILE_MIN_NUMEL``
+            parameters on (a model too small to repay the compile runs eagerly).
         state_dtype: e.g. ``torch.float32`` for bf16/fp16 parameters: state is kept and the
             update computed in this dtype (None: the parameters' dtype).
         **hyperparams: defaults for the param groups; the stages' own defaults fill the rest.
@@ -142,13 +164,17 @@ class ChainOptimizer(torch.optim.Optimizer):
         transforms: Sequence[Transform],
         *,
         nonfinite: str = "raise",
-        engine: str = "simple",
-        compile: bool = True,
+        engine: str = "auto",
+        compile: bool | None = None,
         state_dtype: torch.dtype | None = None,
         **hyperparams: Any,
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        # torch.optim's implementation flags: group keys (state dicts carry them both ways)
+        # that select an engine, or are refused with a reason; see ``_requested_engine``.
+        flags = {key: hyperparams.pop(key) for key in TORCH_FLAGS if key in hyperparams}
+        chosen, engine = engine, _requested_engine(engine, flags)
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(
                 f"nonfinite must be one of {', '.join(NONFINITE_POLICIES)}; got {nonfinite!r}"
@@ -156,6 +182,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self.transforms = tuple(transforms)
         self.nonfinite = nonfinite
         defaults = dict(COMMON_HYPERPARAMS)
+        defaults.update({key: TORCH_FLAGS[key] for key in flags})
         for stage in self.transforms:
             for key, value in stage.hyperparams.items():
                 defaults.setdefault(key, value)
@@ -167,11 +194,16 @@ class ChainOptimizer(torch.optim.Optimizer):
             )
         # (from the stages' own defaults: the values given may be per member)
         self._numeric = M.numeric_keys(defaults)
+        self._number_keys = (*self._numeric, *(["betas"] if "betas" in defaults else []))
         self._flags = {k: v for k, v in defaults.items() if isinstance(v, bool)}
         self._scalar_keys = _scalar_state_keys(self.transforms, defaults)
         defaults.update(hyperparams)
-        if not is_bool(compile):
-            raise ValueError(f"compile must be True or False, got {compile!r}")
+        defaults.update(flags)
+        if compile is not None and not is_bool(compile):
+            raise ValueError(
+                f"compile must be True or False, got {compile!r} (or None, the default: "
+                "decided by the engine)"
+            )
         self._members: int | None = None
         self._member_skipped: Tensor | None = None  # (N,) steps refused, per member
         self._refused: Tensor | None = None  # (N,) members refused on the last checked step
@@ -191,9 +223,40 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._buckets: list[FlatBucket] | None = None
         self._bucket_key: list | None = None
         self._bucket_members: list[list[Tensor]] | None = None
-        self._kernels = FusedKernels(compile=bool(compile))
-        self._fallback_warned = False
+        self._kernels = FusedKernels(compile=False)
         super().__init__(params, defaults)
+        # Chosen once the parameters are known (their kinds, sizes and device).
+        params = [p for group in self.param_groups for p in group["params"]]
+        if engine == "auto":
+            engine = default_engine(params, self._differentiable, self._members)
+        self.engine = engine
+        if compile is None:  # by size where the default engine chose flat storage
+            by_size = chosen == "auto" and self.engine == "flat"
+            compile = not by_size or sum(p.numel() for p in params) >= COMPILE_MIN_NUMEL
+            self._kernels.by_size = by_size
+        self._kernels.compile = bool(compile)
+
+    @property
+    def _differentiable(self) -> bool:
+        return bool(self.defaults.get("differentiable", False))
+
+    def _values(self, group: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``group`` as the step reads it: a 1-element tensor hyperparameter (torch accepts
+        ``lr=torch.tensor(1e-3)``, tensor betas, ...) as a Python float, read with ``item()``
+        as torch.optim reads it. Member groups' per-member tensors, and tensors that
+        require grad (``differentiable=True``: autograd follows them), stay tensors."""
+        if group.get("members") is not None:
+            return group
+        values = None
+        for key in self._number_keys:
+            value = group.get(key)
+            if isinstance(value, _TENSOR_OR_TUPLE):
+                number = _host_number(value)
+                if number is not value:
+                    if values is None:
+                        values = dict(group)
+                    values[key] = number
+        return group if values is None else values
 
     # -- param groups -----------------------------------------------------------------------
 
@@ -213,6 +276,14 @@ class ChainOptimizer(torch.optim.Optimizer):
         """Flags as bools; for a member group, its shape checked and per-member values
         normalized (``members.normalize``)."""
         check_flags(group, self._flags)
+        own = {k: group[k] for k in TORCH_FLAGS if k in group and group[k] != self.defaults[k]}
+        if own:  # a group's own implementation flag: the engine is the optimizer's
+            if "differentiable" in own:
+                raise ValueError(
+                    "differentiable is set per optimizer (torch.optim reads it from the "
+                    f"optimizer too): pass differentiable={own['differentiable']!r} to it"
+                )
+            _requested_engine(self.engine, own)
         n = M.check_members(group.get("members"))
         others = {g.get("members") for g in self.param_groups if g is not group}
         if others and others != {n}:
@@ -232,7 +303,8 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._wait_for_pending_check()
         for key in _PICKLED:
             state[key] = self.__dict__[key]
-        state["_kernels"] = FusedKernels(self._kernels.compile, self._kernels.backend)
+        kernels = self._kernels
+        state["_kernels"] = FusedKernels(kernels.compile, kernels.backend, kernels.by_size)
         state["_buckets"] = state["_bucket_key"] = state["_bucket_members"] = None
         return state
 
@@ -261,53 +333,52 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     # -- the step ---------------------------------------------------------------------------
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform one update; ``closure`` re-evaluates the loss, as in torch.optim."""
+        """Perform one update; ``closure`` re-evaluates the loss, as in torch.optim.
+
+        Parameters whose ``.grad`` is None are left as they are (values, state, step count).
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.check_finite()
+        # differentiable=True: the update is recorded by autograd, as torch.optim records it.
+        with torch.set_grad_enabled(self._differentiable):
+            self._step()
+        return loss
 
+    def _step(self) -> None:
+        self.check_finite()
+        if self.engine == "flat":
+            self._flat_step()
+            return
         work = [
             (group, [p for p in group["params"] if p.grad is not None])
             for group in self.param_groups
         ]
         grads = [p.grad for _, params in work for p in params]
         if not grads:
-            return loss
+            return
         guarded = self.nonfinite != "ignore" and (
             self._force_guarded or any(g.device.type != "cpu" for g in grads)
         )
-        if self.engine == "flat":
-            try:
-                self._flat_step(work, guarded)
-                return loss
-            except Unflattenable as reason:
-                self._buckets = None
-                if not self._fallback_warned:
-                    warnings.warn(
-                        f"flat engine: {reason}; the simple engine takes over from this step on",
-                        RuntimeWarning,
-                        stacklevel=2,
-                    )
-                    self._fallback_warned = True
         for p in (p for _, params in work for p in params):
             _check_supported(p)  # (the flat engine checks as gradients enter its buffers)
         if self._members is not None:
             self._members_step(work, grads, guarded)
-            return loss
+            return
 
         finite = flags = None
-        if self.nonfinite != "ignore":
+        if self.nonfinite != "ignore" and guarded:
             flags = finite_flags(grads)  # (n_grads,)
             finite = flags.all()
-            if not guarded and not bool(finite):
-                if self.nonfinite == "raise":
-                    raise NonFiniteGradientError(self._describe_nonfinite(work))
-                self._skipped_host += 1
-                return loss
+        elif self.nonfinite != "ignore" and not all_finite(grads):
+            if self.nonfinite == "raise":
+                raise NonFiniteGradientError(self._describe_nonfinite(work))
+            self._skipped_host += 1
+            return
+        named = work
+        work = [(self._values(group), params) for group, params in work]
 
         clip_values = [
             torch.clamp(g, -group["clip_value"], group["clip_value"])
@@ -338,8 +409,7 @@ class ChainOptimizer(torch.optim.Optimizer):
                 self._update_parameter(p, grad, group, chain, finite if guarded else None)
 
         if guarded:
-            self._after_guarded_step(finite, flags, work)
-        return loss
+            self._after_guarded_step(finite, flags, named)
 
     def _members_step(self, work: list, grads: list[Tensor], guarded: bool) -> None:
         """The simple engine's step over member groups: row k as member k's own optimizer."""
@@ -456,35 +526,52 @@ class ChainOptimizer(torch.optim.Optimizer):
 
     # -- the flat engine --------------------------------------------------------------------
 
-    def _flat_buckets(self, work: list) -> list[FlatBucket]:
-        """The buckets for this step, built (or rebuilt) when the layout changed."""
-        # The layout follows the parameters that have gradients, as torch.optim updates exactly
-        # those; a parameter that joins or leaves rebuilds it (at equal step counts).
-        key = [
-            (
-                group,
-                tuple(stage.active(group) for stage in self.transforms),
-                tuple(tuple(stage.flags(group).items()) for stage in self.transforms),
-            )
-            for group, _ in work
+    def _flat_params(self, group: Mapping[str, Any]) -> list[Tensor]:
+        """The parameters of ``group`` that live in flat storage: those with a gradient or with
+        state (a parameter that skips a step stays). Never a parameter that has no state
+        yet (torch.optim gives it none), nor one frozen (``requires_grad_(False)``) and
+        without a gradient, which leaves the buffers."""
+        state = self.state
+        return [
+            p
+            for p in group["params"]
+            if p.grad is not None or (p.requires_grad and p in state and state[p])
         ]
-        param_lists = [params for _, params in work]
+
+    def _flat_buckets(self) -> list[FlatBucket]:
+        """The buckets for this step, built (or rebuilt) when the layout changed, each with
+        its chain for this step (``bucket.chain``: the active stages and their flags)."""
+        work, key = [], []
+        for group in self.param_groups:
+            chain = [
+                (stage, stage.flags(group)) for stage in self.transforms if stage.active(group)
+            ]
+            shape = tuple((type(stage), tuple(flags.items())) for stage, flags in chain)
+            work.append((group, self._flat_params(group), chain, shape))
+            key.append((group, shape))
+        param_lists = [params for _, params, _, _ in work]
         reusable = (
             self._buckets is not None
             and len(key) == len(self._bucket_key)
             and all(
-                new[0] is old[0] and new[1:] == old[1:]
+                new[0] is old[0] and new[1] == old[1]
                 for new, old in zip(key, self._bucket_key, strict=True)
             )
             and all(map(_same_tensors, param_lists, self._bucket_members))
         )
         if reusable and all(b.layout_intact() for b in self._buckets):
-            for bucket in self._buckets:
+            for bucket in self._buckets:  # (their chains are this step's: the keys are equal)
+                bucket.direct = self._direct(bucket)
                 bucket.sync(self.state)
             return self._buckets
+        if self._buckets is not None:  # who leaves gets storage of its own back
+            staying = {id(p) for params in param_lists for p in params}
+            for bucket in self._buckets:
+                for p in bucket.params:
+                    if id(p) not in staying:
+                        bucket.release(p, self.state)
         buckets = []
-        for group, params in work:
-            stages = [stage for stage in self.transforms if stage.active(group)]
+        for group, params, chain, shape in work:
             by_kind: dict[tuple, list[Tensor]] = {}
             for p in params:
                 by_kind.setdefault((p.device, p.dtype), []).append(p)
@@ -492,122 +579,115 @@ class ChainOptimizer(torch.optim.Optimizer):
                 bucket = FlatBucket(
                     members,
                     group,
-                    stages,
+                    [stage for stage, _ in chain],
                     self.state,
                     _step_dtype(),
                     state_dtype=self._compute_dtype(members[0]),
                     members=self._members,
                 )
-                bucket.group = group
+                bucket.group, bucket.chain, bucket.shape = group, chain, shape
                 buckets.append(bucket)
         self._buckets, self._bucket_key, self._bucket_members = buckets, key, param_lists
         return buckets
 
-    def _flat_step(self, work: list, guarded: bool) -> None:
-        buckets = self._flat_buckets(work)
+    def _direct(self, bucket: FlatBucket) -> bool:
+        """Whether ``bucket``'s pass is only ``param -= lr * grad`` this step (plain SGD,
+        eager, unguarded, nothing to clip): then it reads fresh gradients where they are, one
+        multi-tensor ``add_``, instead of copying them into flat storage first."""
+        group = bucket.group
+        return (
+            not bucket.chain
+            and bucket.members is None
+            and bucket.compute_dtype == bucket.dtype
+            and group["clip_value"] is None
+            and group["max_grad_norm"] is None
+            and not self._kernels.compiles(bucket.shape)
+            and (self.nonfinite == "ignore" or (bucket.on_cpu and not self._force_guarded))
+        )
+
+    def _flat_step(self) -> None:
+        buckets = self._flat_buckets()
+        # What this step updates, per bucket: the parameters that have a gradient.
+        live = [b for b in buckets if b.present is None or any(b.present)]
+        if not live:
+            return
+        guarded = self.nonfinite != "ignore" and (
+            self._force_guarded or not all(b.on_cpu for b in live)
+        )
+        work = [(b.group, b.present_params()) for b in live]
+        slices = [(b, g) for b in live for g in b.present_grads()]
         if self._members is not None:
-            self._flat_members_step(buckets, work, guarded)
+            self._flat_members_step(live, work, slices, guarded)
             return
         finite = flags = None
-        per_param = guarded and self.nonfinite == "raise"
-        if self.nonfinite != "ignore":
-            # One reduction per bucket; per parameter only where an error will name them.
-            tensors = [p.grad for b in buckets for p in b.params] if per_param else None
-            flags = finite_flags(tensors or [b.grad for b in buckets])
+        if self.nonfinite != "ignore" and guarded:
+            # One reduction per run of gradients; per parameter only where an error will name
+            # them.
+            per_param = self.nonfinite == "raise"
+            tensors = [p.grad for _, ps in work for p in ps] if per_param else None
+            flags = finite_flags(tensors or [g for _, g in slices])
             finite = flags.all()
-            if not guarded and not bool(finite):
-                if self.nonfinite == "raise":
-                    raise NonFiniteGradientError(self._describe_nonfinite(work))
-                self._skipped_host += 1
-                return
+        elif self.nonfinite != "ignore" and not all_finite([g for _, g in slices]):
+            if self.nonfinite == "raise":
+                raise NonFiniteGradientError(self._describe_nonfinite(work))
+            self._skipped_host += 1
+            return
         total_norm = None
-        if any(b.group["max_grad_norm"] is not None for b in buckets):
+        if any(b.group["max_grad_norm"] is not None for b in live):
             # (the kernel clips by value itself: a clipped copy is needed only for the norm)
             clipped = [
-                torch.clamp(b.grad, -b.group["clip_value"], b.group["clip_value"])
+                torch.clamp(g, -b.group["clip_value"], b.group["clip_value"])
                 if b.group["clip_value"] is not None
-                else b.grad
-                for b in buckets
+                else g
+                for b, g in slices
             ]
             total_norm = global_norm(clipped)
         for bucket in buckets:
-            self._flat_update(bucket, total_norm, finite if guarded else None)
+            self._flat_update(bucket, total_norm, finite)
         if guarded:
-            if not per_param:
-                flags = torch.cat(
-                    [flag.expand(len(b.params)) for flag, b in zip(flags, buckets, strict=True)]
-                )
-            work = [(b.group, b.params) for b in buckets]
+            # (flags name parameters only in "raise" mode, where they are per parameter)
             self._after_guarded_step(finite, flags, work)
 
-    def _flat_members_step(self, buckets: list[FlatBucket], work: list, guarded: bool) -> None:
-        # One reduction per bucket, over its (N, D) rows view, gives every member's flags and
-        # norms; per parameter only where an error will name them.
+    def _flat_members_step(
+        self, buckets: list[FlatBucket], work: list, slices: list, guarded: bool
+    ) -> None:
+        # One reduction per run of gradients, over its (N, D) rows view, gives every member's
+        # flags and norms; per parameter only where an error will name them.
         per_param = guarded and self.nonfinite == "raise"
-        tensors = [p.grad for b in buckets for p in b.params] if per_param else None
-        grads = [b.member_rows(b.grad) for b in buckets]
+        tensors = [p.grad for _, ps in work for p in ps] if per_param else None
+        grads = [b.member_rows(g) for b, g in slices]
         finite, flags = self._member_finite(tensors or grads, work, guarded)
         norms = None
         if any(b.group["max_grad_norm"] is not None for b in buckets):
             clipped = [
-                M.clamp(g, b.group["clip_value"]) for g, b in zip(grads, buckets, strict=True)
+                M.clamp(g, b.group["clip_value"]) for g, (b, _) in zip(grads, slices, strict=True)
             ]
             norms = global_norm(clipped, members=self._members)  # (N,)
-        for bucket in buckets:
+        for bucket in self._buckets:
             self._flat_update(bucket, norms, finite)
         if guarded:
-            if not per_param:
-                flags = torch.cat(
-                    [f.expand(len(b.params), -1) for f, b in zip(flags, buckets, strict=True)]
-                )
-            self._after_guarded_step(finite, flags, [(b.group, b.params) for b in buckets])
+            self._after_guarded_step(finite, flags, work)
 
     def _flat_update(
         self, bucket: FlatBucket, total_norm: Tensor | None, finite: Tensor | None
     ) -> None:
-        group, n = bucket.group, bucket.members
-        stages = [stage for stage in self.transforms if stage.active(group)]
-        flags = [stage.flags(group) for stage in stages]
-        if finite is None:
-            bucket.step += 1
-            step: float | Tensor = (
-                bucket.step.item() if n is None else bucket.step.to(torch.float64)
-            )
-        else:
-            wide = torch.float32 if bucket.device.type == "mps" else torch.float64
-            previous_step = bucket.step.to(bucket.device, wide)
-            step = previous_step + 1
-        committed = dict(bucket.scalars)
+        """One fused pass per segment of ``bucket`` (see ``FlatBucket.segments``): the
+        parameters of a segment share their step count, so one set of coefficients."""
+        segments = bucket.segments()
+        if not segments:
+            bucket.advance()
+            return
+        group, n = self._values(bucket.group), bucket.members
+        stages = [stage for stage, _ in bucket.chain]
+        flags = [stage_flags for _, stage_flags in bucket.chain]
+        wide = torch.float32 if bucket.device.type == "mps" else torch.float64
         if finite is not None:
-            committed = {k: v.to(bucket.device) for k, v in committed.items()}
-        scalars_view = dict(committed)  # (a refused step keeps the committed values)
+            bucket.counters_on(bucket.device, self.state)
+            if n is not None:
+                finite = finite.view(1, n)
         if n is not None:  # per-member values where the step count is
             group = M.group_on(group, bucket.device if finite is not None else _CPU)
-        coefficients, new_scalars = [], {}
-        for stage in stages:
-            c, produced = stage.coefficients(group, step, scalars_view)
-            coefficients.append(c)
-            new_scalars.update(produced)
-            scalars_view.update(produced)
-        numbers = [group["lr"]] + [v for c in coefficients for v in c.values()]
-        if group["clip_value"] is not None:
-            numbers.append(group["clip_value"])
-        if n is not None:
-            # (1, N) tensors, whatever is per member: new values never recompile.
-            packed = M.pack(numbers, n, bucket.device, bucket.compute_dtype, (1, n))
-        elif self._kernels.compiling or finite is not None:
-            # A compiled kernel gets every number as a 0-dim tensor in the parameters' dtype:
-            # values change every step (bias corrections, schedules) without recompiling.
-            packed = _pack(numbers, bucket)
-        else:
-            # Eager kernels are fastest with plain Python scalars.
-            packed = [float(n) for n in numbers]
-        lr, rest = packed[0], packed[1:]
-        tensors, i = [], 0
-        for c in coefficients:
-            tensors.append(dict(zip(c, rest[i : i + len(c)], strict=True)))
-            i += len(c)
-        clip = rest[i] if group["clip_value"] is not None else None
+        clip_value = group["clip_value"]
         scale = None
         if group["max_grad_norm"] is not None and n is not None:
             max_norm = M.on_device(group["max_grad_norm"], total_norm.device)
@@ -617,60 +697,146 @@ class ChainOptimizer(torch.optim.Optimizer):
             scale = clip_coefficient(total_norm, group["max_grad_norm"]).to(
                 bucket.device, bucket.compute_dtype
             )
-        if n is not None and finite is not None:
-            finite = finite.view(1, n)
+        # Eagerly, the parameters are updated in place (``add_``: one pass, no temporary)
+        # where nothing needs the old values; a compiled pass fuses its write anyway.
+        compiled = self._kernels.compiles(bucket.shape)
+        in_place = (
+            n is None and not compiled and finite is None and bucket.compute_dtype == bucket.dtype
+        )
         structure = (
-            tuple(type(stage) for stage in stages),
-            tuple(tuple(f.items()) for f in flags),
-            clip is not None,
+            clip_value is not None,
             scale is not None,
             bool(group["maximize"]),
             finite is not None,
             bucket.compute_dtype,
+            in_place,
         )
-        # Member kernels get their own code object (their coefficients are (1, N), not 0-dim).
-        key = structure if n is None else (*structure, "members")
-        kernel = self._kernels.get(key, lambda: fused_update(stages, flags, *structure[2:]))
-        if bucket.numel == 0:
-            pass  # nothing to compute (and nothing to compile); the step count still advances
-        elif self._kernels.compiling:
-            kernel(bucket.param, bucket.grad, bucket.state, tensors, lr, clip, scale, finite)
-        else:
-            # Eagerly, each operation of the chain makes a temporary: over cache-sized chunks
-            # they stay in cache and the allocator reuses them, instead of faulting in fresh
-            # pages for every full-length temporary.
-            for chunk in bucket.chunks(EAGER_CHUNK):
-                chunk_state = {k: v[chunk] for k, v in bucket.state.items()}
-                kernel(
-                    bucket.param[chunk],
-                    bucket.grad[chunk],
-                    chunk_state,
-                    tensors,
-                    lr,
-                    clip,
-                    scale,
-                    finite,
-                )
-        if finite is None:
-            bucket.scalars.update(new_scalars)
-        else:
+        cache_key = (structure, compiled, self._kernels)
+        kernel = bucket.kernels.get(cache_key)
+        if kernel is None:
+            # Member kernels get their own code object (their coefficients are (1, N)).
+            key = (bucket.shape, *structure, compiled)
             if n is not None:
-                finite = finite.view(n)
-            bucket.step = torch.where(finite, step, previous_step).to(bucket.step.dtype)
-            for key, value in new_scalars.items():
-                bucket.scalars[key] = torch.where(finite, value, committed[key])
-        if finite is not None or new_scalars:  # (else every state dict already holds them)
-            for p in bucket.params:
-                self.state[p]["step"] = bucket.step
-                self.state[p].update(bucket.scalars)
+                key = (*key, "members")
+            build = lambda: fused_update(stages, flags, *structure)  # noqa: E731
+            kernel = bucket.kernels[cache_key] = self._kernels.get(key, build, compiled)
+        host = bucket.host_counts  # (a Python mirror of the host counts: no tensor reads)
+        whole = len(segments) == 1 and segments[0] == (0, len(bucket.params))
+        for first, stop in segments:
+            if finite is None:
+                (bucket.steps if whole else bucket.steps[first:stop]).add_(1)
+                if host is not None:
+                    step: float | Tensor = host[first] + 1
+                    host[first:stop] = [step] * (stop - first)
+                else:
+                    counts = bucket.steps[first]
+                    step = counts.item() if n is None else counts.to(torch.float64)
+            else:
+                bucket.host_counts = None  # (committed on the device: not read back)
+                step = bucket.steps[first].to(wide) + 1
+            committed = {k: v[first] for k, v in bucket.scalars.items()}
+            scalars_view = dict(committed)  # (a refused step keeps the committed values)
+            coefficients, new_scalars = [], {}
+            for stage in stages:
+                c, produced = stage.coefficients(group, step, scalars_view)
+                coefficients.append(c)
+                new_scalars.update(produced)
+                scalars_view.update(produced)
+            lo, hi = bucket.bounds[first], bucket.bounds[stop]
+            if bucket.fresh and in_place:  # (direct: only add the gradients where they are)
+                lr = float(group["lr"])
+                params = bucket.params[first:stop]
+                grads = [p.grad for p in params]
+                torch._foreach_add_(params, grads, alpha=lr if group["maximize"] else -lr)
+            elif hi > lo:  # (zero-size parameters: nothing to compute, the count advances)
+                rows = slice(lo, hi)
+                self._run_kernel(kernel, compiled, bucket, rows, group, coefficients, scale, finite)
+            if finite is None:
+                for key_, value in new_scalars.items():
+                    bucket.scalars[key_][first:stop] = value
+                continue
+            mask = finite if n is None else finite.view(n)
+            counts = bucket.steps[first:stop]
+            counts.add_(mask.to(counts.dtype))
+            for key_, value in new_scalars.items():
+                kept = bucket.scalars[key_][first:stop]
+                kept.copy_(torch.where(mask, value, committed[key_]))
+        bucket.advance()
+
+    def _run_kernel(
+        self,
+        kernel: Callable[..., None],
+        compiled: bool,
+        bucket: FlatBucket,
+        rows: slice,
+        group: Mapping[str, Any],
+        coefficients: list[dict[str, Any]],
+        scale: Tensor | None,
+        finite: Tensor | None,
+    ) -> None:
+        n = bucket.members
+        clip = group["clip_value"]
+        if n is None and not compiled and finite is None:
+            # Eager kernels are fastest with plain Python scalars (the coefficients are).
+            lr, tensors = float(group["lr"]), coefficients
+            if clip is not None:
+                clip = float(clip)
+        else:
+            numbers = [group["lr"]] + [v for c in coefficients for v in c.values()]
+            if clip is not None:
+                numbers.append(clip)
+            if n is not None:
+                # (1, N) tensors, whatever is per member: new values never recompile.
+                packed = M.pack(numbers, n, bucket.device, bucket.compute_dtype, (1, n))
+            else:
+                # A compiled kernel gets every number as a 0-dim tensor in the parameters'
+                # dtype: values change every step (bias corrections, schedules) without
+                # recompiling.
+                packed = _pack(numbers, bucket)
+            lr, rest = packed[0], packed[1:]
+            tensors, i = [], 0
+            for c in coefficients:
+                tensors.append(dict(zip(c, rest[i : i + len(c)], strict=True)))
+                i += len(c)
+            clip = rest[i] if clip is not None else None
+        whole = rows.start == 0 and rows.stop == bucket.width
+        if compiled:
+            if whole:
+                param, grad, state = bucket.param, bucket.grad, bucket.state
+            else:
+                param, grad = bucket.param[rows], bucket.grad[rows]
+                state = {k: v[rows] for k, v in bucket.state.items()}
+            kernel(param, grad, state, tensors, lr, clip, scale, finite)
+            return
+        # Eagerly, each operation of the chain makes a temporary: over cache-sized chunks
+        # they stay in cache and the allocator reuses them, instead of faulting in fresh
+        # pages for every full-length temporary.
+        for param, grad, state in bucket.chunks(rows, EAGER_CHUNK):
+            kernel(param, grad, state, tensors, lr, clip, scale, finite)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Reset gradients. With the flat engine they are zeroed in place whatever
-        ``set_to_none`` says: they are views into flat storage that backward writes into."""
-        if self.engine != "flat" or self._buckets is None:
+        """Reset gradients, as torch.optim does: ``set_to_none=True`` (the default) makes them
+        None, so that a parameter backward gives nothing to is not updated by the next step.
+
+        With the flat engine, ``set_to_none=False`` zeroes the flat gradient buffer in place
+        (one pass, and backward keeps accumulating straight into flat storage); with
+        ``set_to_none=True``, backward's fresh gradients are copied in by the next step.
+        """
+        if self.engine != "flat" or self._buckets is None or set_to_none:
             return super().zero_grad(set_to_none=set_to_none)
+        zeroed: set[int] = set()
         for bucket in self._buckets:
-            bucket.zero_grad()
+            if bucket.zero_grad():
+                zeroed.update(map(id, bucket.params))
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None or id(p) in zeroed:
+                    continue
+                if p.grad.grad_fn is not None:
+                    p.grad.detach_()
+                else:
+                    p.grad.requires_grad_(False)
+                p.grad.zero_()
         return None
 
     def _update_parameter(
@@ -715,10 +881,13 @@ class ChainOptimizer(torch.optim.Optimizer):
             new_state.update(produced)
 
         if finite is None:
-            if target is p:
-                p.add_(u, alpha=-group["lr"])
+            lr = group["lr"]
+            if target is not p:
+                target.copy_(p - lr * u)
+            elif isinstance(lr, Tensor):  # (differentiable=True: autograd follows lr too)
+                p.sub_(lr * u)
             else:
-                target.copy_(p - group["lr"] * u)
+                p.add_(u, alpha=-lr)
             state.update(new_state)
             return
         target.copy_(torch.where(finite, p - group["lr"] * u, p))
@@ -757,6 +926,17 @@ class ChainOptimizer(torch.optim.Optimizer):
                     self.state[p][key] = value.to("cpu", torch.float64)
                 elif self.state_dtype is not None:
                     self.state[p][key] = value.to(p.device, compute)
+        self._rebuild_flat()
+
+    def _rebuild_flat(self) -> None:
+        """Move the parameters into (new) flat storage now, not at the next step, so that the
+        forward passes before it see them laid out as an uninterrupted run had them: member
+        storage is ``(D, N)``, and a matmul over other strides may round differently. A
+        resumed run, or the members left after ``keep_members``, then continue bit for bit."""
+        self._buckets = None
+        if self.engine == "flat":
+            with torch.no_grad():
+                self._flat_buckets()
 
     # -- members -------------------------------------------------------------------------
 
@@ -809,7 +989,7 @@ class ChainOptimizer(torch.optim.Optimizer):
         self._member_skipped = M.take(self._member_skipped, index, n)
         self._refused = M.take(self._refused, index, n)
         self._members = len(index)
-        self._buckets = None
+        self._rebuild_flat()
 
     def _keep_rows(self, p: Tensor, index: Tensor, n: int) -> None:
         grad = p.grad
@@ -998,3 +1178,87 @@ def _member_index(index: Tensor | Sequence[int], n: int) -> Tensor:
 
 def _listed(members: Iterable[int]) -> str:
     return ", ".join(map(str, sorted(members)))
+
+
+def default_engine(
+    params: Sequence[Tensor], differentiable: bool = False, members: int | None = None
+) -> str:
+    """The engine ``engine="auto"`` runs: ``"flat"``, except
+
+    * where the step must be recorded by autograd (``differentiable=True``), or a parameter
+      is complex: only the simple engine handles those (it raises the clear error for
+      complex parameters);
+    * in member groups (``members=N``, ravine's own batched runs): there the simple engine
+      keeps every parameter's ``(N, ...)`` layout, so member k's forward and backward compute
+      bit for bit what a run of its own computes, whatever N and whoever left. The flat
+      engine's ``(D, N)`` storage gives the model's matrix products other strides (and
+      another rounding); ``engine="flat"`` still selects it, for speed.
+    """
+    if differentiable or members is not None or any(p.is_complex() for p in params):
+        return "simple"
+    return "flat"
+
+
+def _requested_engine(engine: str, flags: Mapping[str, Any]) -> str:
+    """The engine that ``engine=`` and torch's implementation flags ask for together.
+
+    * ``foreach``/``fused``: None or False change nothing (ravine has neither of torch's
+      implementations to turn off); True asks for a multi-tensor or fused step, which is the
+      flat engine (the same numbers), so ``engine="simple"`` with it is refused. Both True
+      together is refused, as torch refuses it.
+    * ``differentiable=True``: the update is recorded by autograd; only the simple engine can
+      (the flat one moves parameters into flat storage, which autograd cannot follow).
+    * ``capturable=True`` (a step that CUDA graphs can capture) is refused: ravine works out
+      each step's coefficients on the host, which a captured graph would freeze.
+    """
+    for key in ("foreach", "fused"):
+        value = flags.get(key)
+        if value is not None and not is_bool(value):
+            raise ValueError(f"{key} must be None, True or False, got {value!r}")
+    for key in ("capturable", "differentiable"):
+        if key in flags and not is_bool(flags[key]):
+            raise ValueError(f"{key} must be True or False, got {flags[key]!r}")
+    if flags.get("capturable"):
+        raise ValueError(
+            "capturable=True is not supported: ravine computes each step's coefficients on the "
+            "host, which a captured CUDA graph would freeze. Its steps already run without a "
+            "host sync on accelerators (NaN/Inf check included); for CUDA-graph capture use "
+            "torch.optim with capturable=True"
+        )
+    fast = [key for key in ("foreach", "fused") if flags.get(key)]
+    if len(fast) == 2:
+        raise ValueError("fused=True and foreach=True cannot be set together (as in torch.optim)")
+    if flags.get("differentiable"):
+        if fast:
+            raise ValueError(
+                f"{fast[0]}=True does not support differentiable=True (as in torch.optim): the "
+                "differentiable step runs on the simple engine; drop one of them"
+            )
+        if engine == "flat":
+            raise ValueError(
+                "differentiable=True needs engine='simple' (or the default engine='auto'): the "
+                "flat engine keeps parameters in flat storage, which autograd cannot follow"
+            )
+        return "simple" if engine == "auto" else engine
+    if fast:
+        if engine == "simple":
+            raise ValueError(
+                f"{fast[0]}=True asks for a fused multi-tensor step, which is ravine's flat "
+                "engine; engine='simple' runs per tensor: drop one of them"
+            )
+        return "flat"
+    return engine
+
+
+def _host_number(value: Any) -> Any:
+    """A 1-element tensor that needs no grad as a Python float (pairs entry by entry);
+    anything else as it is."""
+    if isinstance(value, Tensor):
+        real = not value.is_complex() and value.dtype != torch.bool
+        if value.numel() == 1 and real and not value.requires_grad:
+            return value.item()
+        return value
+    if isinstance(value, tuple) and any(isinstance(v, Tensor) for v in value):
+        numbers = tuple(_host_number(v) for v in value)
+        return value if all(a is b for a, b in zip(numbers, value, strict=True)) else numbers
+    return value

@@ -12,12 +12,19 @@ The pass runs every stage's elementwise half (``Transform.apply``) with the scal
 tensors, so that ``torch.compile`` fuses the whole chain into one kernel that a new ``lr``
 does not recompile. Without compilation the same function runs eagerly on the flat buffers.
 
-Anything that breaks the layout is repaired, never trusted: a ``.grad`` replaced by a new
-tensor (``model.zero_grad()`` sets them to None and backward allocates new ones) is copied
-in, a state tensor replaced by ``load_state_dict`` is copied in, a parameter whose ``.data``
-was replaced, or that joins or leaves the set with gradients, rebuilds the buckets. What the
-flat layout cannot express — parameters of one group at different step counts (one skipped
-a step, or joined late) — runs on the simple engine from then on, with a warning.
+The step updates what torch.optim's updates: the parameters whose ``.grad`` is not None.
+``zero_grad()`` (``set_to_none=True``, torch's default) sets them to None, backward allocates
+fresh ones, and the step copies them in; ``zero_grad(set_to_none=False)`` zeroes the flat
+buffer in place and backward accumulates straight into it. A parameter without a gradient on
+a step keeps its values, state and step count, so counts may differ within a bucket: they
+are kept per parameter (``state[p]["step"]`` is a view of one counter per parameter, what
+torch's state dicts hold), and a step runs one fused pass per run of parameters that share a
+count (:meth:`FlatBucket.segments`), one pass over everything in the usual case.
+
+Anything else that breaks the layout is repaired, never trusted: a state tensor or counter
+replaced by ``load_state_dict`` is copied in; a parameter whose ``.data`` was replaced, a
+parameter's first gradient, or a parameter frozen with ``requires_grad_(False)`` (it leaves,
+taking its data and state with it) rebuilds the buckets.
 
 Member groups (``members=N``, see ``members.py``) keep the member index innermost: each
 buffer is ``(D, N)``, element j of every member side by side, and a parameter ``(N, ...)`` is
@@ -31,7 +38,9 @@ backward then warns on every accumulation that the gradient breaks that contract
 
 from __future__ import annotations
 
+import logging
 import operator
+import time
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -44,9 +53,21 @@ from torch import Tensor
 from ravine.optim import members as M
 from ravine.optim.transforms import Transform
 
+logger = logging.getLogger("ravine.optim")
+
 
 class FlatBucket:
-    """Parameters of one group on one (device, dtype), their gradients and their state, flat."""
+    """Parameters of one group on one (device, dtype), their gradients and their state, flat.
+
+    Which parameters a step updates is torch's rule: those with a gradient. A parameter whose
+    ``.grad`` is None on a step (``zero_grad()`` sets them to None; backward gave it nothing)
+    keeps its values, state and step count, while its neighbours in the buffers move on.
+    Step counts (and 0-dim state such as NAdam's ``mu_product``) are kept per parameter,
+    as torch keeps them, in one tensor of which ``state[p]["step"]`` is a view. Parameters
+    that took the same steps form a *class* (:meth:`segments`): one step is one fused pass
+    per run of consecutive parameters of one class, a single pass over everything as long as
+    every parameter gets a gradient on every step.
+    """
 
     def __init__(
         self,
@@ -61,17 +82,22 @@ class FlatBucket:
     ) -> None:
         self.params = list(params)
         self.members = members
-        steps = {_step_count(state.get(p, {}), members) for p in self.params}
-        if len(steps) > 1:
-            raise Unflattenable("parameters of one group are at different step counts")
+        self._chunks: dict[tuple, list] = {}
+        # ``direct``: set by the engine each step where its pass only adds the gradients to the
+        # parameters (plain SGD, eager): fresh gradients are then read where they are, not
+        # copied in first (``fresh``).
+        self.direct = self.fresh = False
+        self.kernels: dict[tuple, Callable[..., None]] = {}  # (set by the engine, per structure)
         first = self.params[0]
         self.device, self.dtype = first.device, first.dtype
+        self.on_cpu = self.device.type == "cpu"
         self.compute_dtype = state_dtype or first.dtype  # state and arithmetic
         rows = members or 1
         self.offsets, total = [], 0  # (in elements of one row)
         for p in self.params:
             self.offsets.append(total)
             total += p.numel() // rows
+        self.bounds = [*self.offsets, total]  # parameter i is rows bounds[i]:bounds[i + 1]
         self.width = total
         self.numel = total * rows
         shape = (total,) if members is None else (total, members)
@@ -85,14 +111,13 @@ class FlatBucket:
             if p.grad is not None:
                 _check_dense(p.grad)
                 view.copy_(p.grad)
-            p.grad = view
+                p.grad = view
+        self._note_gradients()
 
         # Per-element state: the stages' initial values, overwritten by whatever the
         # parameters already have (a step taken by the simple engine, a loaded state dict).
         self.state: dict[str, Tensor] = {}
-        self.scalars: dict[str, Tensor] = {}
-        self.step = torch.tensor(steps.pop(), dtype=step_dtype)  # () or (N,)
-        started = bool((self.step > 0).any())
+        initial_scalars: dict[str, Tensor] = {}
         like = self.param if self.compute_dtype == self.dtype else self.param.to(self.compute_dtype)
         if members is not None:
             like = self.member_rows(like)  # (N, D): the stages see one row per member
@@ -100,16 +125,25 @@ class FlatBucket:
         for stage in stages:
             for key, value in stage.init(like, init_group).items():
                 if value.dim() == 0:
-                    self.scalars[key] = value if members is None else value.expand(rows).clone()
+                    initial_scalars[key] = value
                 elif members is None:
                     self.state[key] = value
                 else:
                     self.state[key] = value.T.contiguous()  # back to (D, N)
-        for p in self.params:
-            for key, value in state.get(p, {}).items():
-                if key in self.scalars and isinstance(value, Tensor):
-                    self.scalars[key] = value.detach().to("cpu", torch.float64).clone()
-        self._attach_state(state, started)
+        # Counters, one row per parameter: (P,) or (P, N). On the host until a sync-free
+        # step moves them to the device (``counters_on``).
+        counts = [_step_count(state.get(p, {}), members) for p in self.params]
+        self.steps = torch.tensor(counts, dtype=step_dtype)  # (P,) or (P, N)
+        self.scalars: dict[str, Tensor] = {}
+        for key, value in initial_scalars.items():
+            column = value.detach().to("cpu", torch.float64).expand(self.steps.shape).clone()
+            for i, p in enumerate(self.params):
+                existing = state.get(p, {}).get(key)
+                if isinstance(existing, Tensor):
+                    column[i] = existing.detach().to("cpu", torch.float64)
+            self.scalars[key] = column
+        self._attach_state(state)
+        self._classify()
 
     def member_rows(self, flat: Tensor) -> Tensor:
         """A ``(D, N)`` buffer as ``(N, D)``: row k is member k (a view)."""
@@ -127,13 +161,29 @@ class FlatBucket:
             for p, o in zip(self.params, self.offsets, strict=True)
         ]
 
-    def chunks(self, size: int) -> list[slice]:
-        """Slices that cut the buffers into contiguous pieces of about ``size`` elements (whole
-        rows of a member bucket's ``(D, N)``, so that the ``(1, N)`` coefficients apply)."""
-        step = size if self.members is None else max(1, size // self.members)
-        return [slice(start, start + step) for start in range(0, self.width, step)]
+    def chunks(self, rows: slice, size: int) -> list[tuple[Tensor, Tensor, dict[str, Tensor]]]:
+        """``(param, grad, state)`` views of ``rows`` cut into contiguous pieces of about
+        ``size`` elements (whole rows of a member bucket's ``(D, N)``, so that the ``(1, N)``
+        coefficients apply), made once per bucket and range. On the CPU only: an
+        accelerator runs each operation over the whole range at once."""
+        key = (rows.start, rows.stop, size)
+        cached = self._chunks.get(key)
+        if cached is None:
+            pieces = [rows]
+            if self.device.type == "cpu":
+                step = size if self.members is None else max(1, size // self.members)
+                pieces = [
+                    slice(lo, min(lo + step, rows.stop))
+                    for lo in range(rows.start, rows.stop, step)
+                ]
+            cached = [
+                (self.param[c], self.grad[c], {k: v[c] for k, v in self.state.items()})
+                for c in pieces
+            ]
+            self._chunks[key] = cached
+        return cached
 
-    def _attach_state(self, state: dict[Tensor, dict[str, Any]], started: bool) -> None:
+    def _attach_state(self, state: dict[Tensor, dict[str, Any]]) -> None:
         """Make ``state[p][key]`` views into flat storage, copying in what is already there."""
         self.state_views = {key: self._views(flat) for key, flat in self.state.items()}
         for key, views in self.state_views.items():
@@ -142,13 +192,27 @@ class FlatBucket:
                 if isinstance(existing, Tensor) and existing.shape == p.shape:
                     view.copy_(existing)
                 state[p][key] = view
-        for p in self.params:
-            state.setdefault(p, {})
-            state[p]["step"] = self.step
-            for key, value in self.scalars.items():
-                state[p][key] = value
-        self._started = started
+        self._attach_counters(state)
         self._remember_layout()
+
+    def _attach_counters(self, state: dict[Tensor, dict[str, Any]]) -> None:
+        self.step_views = list(self.steps.unbind())
+        self.scalar_views = {key: list(value.unbind()) for key, value in self.scalars.items()}
+        for i, p in enumerate(self.params):
+            p_state = state.setdefault(p, {})
+            p_state["step"] = self.step_views[i]
+            for key, views in self.scalar_views.items():
+                p_state[key] = views[i]
+
+    def counters_on(self, device: torch.device, state: dict[Tensor, dict[str, Any]]) -> None:
+        """Keep the step counts and scalar state on ``device`` (the sync-free path commits
+        them there through ``torch.where``, never reading them back)."""
+        if self.steps.device == device:
+            return
+        self.steps = self.steps.to(device)
+        self.scalars = {key: value.to(device) for key, value in self.scalars.items()}
+        self.host_counts = None
+        self._attach_counters(state)
 
     def layout_intact(self) -> bool:
         """Whether every parameter still lives in the flat buffer (else the bucket is rebuilt)."""
@@ -164,17 +228,38 @@ class FlatBucket:
         self._pointers = [base + o * size for _, o in pairs]
 
     def sync(self, state: dict[Tensor, dict[str, Any]]) -> None:
-        """Copy in gradients and state tensors that were replaced since the last step.
+        """Copy in gradients and state that were replaced since the last step, and note which
+        parameters have a gradient this step.
 
         Identity checks first, mapped in C: on the usual step nothing was replaced and this
         costs a few pointer comparisons per parameter (it runs on every step).
         """
-        if not all(map(operator.is_, map(_GRAD, self.params), self.grad_views)):
+        grads = list(map(_GRAD, self.params))
+        self.fresh = False
+        if all(map(operator.is_, grads, self.grad_views)):
+            self.present = None  # (every parameter has its gradient in place: the usual step)
+        elif self.direct:
+            # A pass that only adds the gradients (plain SGD) reads them where they are.
+            for grad in grads:
+                if grad is not None:
+                    _check_dense(grad)
+            self._note_gradients()
+            self.fresh = True
+        elif self._all_fresh(grads):
+            # Fresh gradients for every parameter (after zero_grad(), torch's default): one
+            # multi-tensor copy into the flat buffer instead of a copy per parameter.
+            torch._foreach_copy_(self._flat_grad_views(), [g.reshape(-1) for g in grads])
             for p, view in zip(self.params, self.grad_views, strict=True):
-                if p.grad is not view:
-                    _check_dense(p.grad)
-                    view.copy_(p.grad)
+                p.grad = view
+            self.present = None
+        else:
+            for p, view in zip(self.params, self.grad_views, strict=True):
+                grad = p.grad
+                if grad is not None and grad is not view:
+                    _check_dense(grad)
+                    view.copy_(grad)
                     p.grad = view
+            self._note_gradients()
         states = [state[p] for p in self.params]
         for key, views in self.state_views.items():
             if all(map(operator.is_, map(dict.get, states, repeat(key)), views)):
@@ -185,24 +270,141 @@ class FlatBucket:
                     if isinstance(value, Tensor) and value.shape == p.shape:
                         view.copy_(value)
                     p_state[key] = view
-        # The step tensor is shared by the whole bucket and rebound together with any scalar
-        # state, so one identity per parameter tells whether anyone replaced them.
-        step = self.step
-        if all(map(operator.is_, map(dict.get, states, repeat("step")), repeat(step))):
+        replaced = not all(
+            map(operator.is_, map(dict.get, states, repeat("step")), self.step_views)
+        ) or any(
+            not all(map(operator.is_, map(dict.get, states, repeat(key)), views))
+            for key, views in self.scalar_views.items()
+        )
+        if not replaced:
             return
-        steps = {_step_count(p_state, self.members) for p_state in states}
-        if len(steps) > 1:
-            raise Unflattenable("parameters of one group are at different step counts")
-        self.step = torch.tensor(steps.pop(), dtype=self.step.dtype)
-        for key in self.scalars:
-            value = states[0][key]
-            self.scalars[key] = value.detach().to("cpu", torch.float64)
-        for p_state in states:
-            p_state["step"] = self.step
-            p_state.update(self.scalars)
+        # A loaded state dict (or the simple engine) replaced counters: take their values.
+        for i, p_state in enumerate(states):
+            if p_state.get("step") is not self.step_views[i]:
+                count = _step_count(p_state, self.members)
+                self.steps[i] = torch.tensor(count, dtype=self.steps.dtype)
+            for key, views in self.scalar_views.items():
+                value = p_state.get(key)
+                if value is not views[i] and isinstance(value, Tensor):
+                    views[i].copy_(value.detach())
+        self._attach_counters(state)
+        self._classify()
 
-    def zero_grad(self) -> None:
+    def _flat_grad_views(self) -> list[Tensor]:
+        views = getattr(self, "_flat_views", None)
+        if views is None:
+            views = self._flat_views = [
+                self.grad[a:b] for a, b in zip(self.bounds, self.bounds[1:], strict=False)
+            ]
+        return views
+
+    def _all_fresh(self, grads: list[Tensor | None]) -> bool:
+        """Every parameter has a gradient and none lives in this bucket's storage."""
+        if self.members is not None or any(g is None for g in grads):
+            return False
+        for grad in grads:
+            _check_dense(grad)
+        base = self.grad.untyped_storage().data_ptr()
+        return all(
+            g.dtype == self.dtype
+            and g.device == self.device
+            and g.untyped_storage().data_ptr() != base
+            for g in grads
+        )
+
+    def _note_gradients(self) -> None:
+        present = [p.grad is not None for p in self.params]
+        self.present = None if all(present) else present
+
+    # -- which parameters a step updates -----------------------------------------------------
+
+    def _classify(self) -> None:
+        """Classes of parameters that took the same steps, from their counters' values (read
+        on the host once, after a build or a load; later steps keep the classes up to date
+        without reading anything back, see :meth:`advance`)."""
+        keys = [
+            tuple(tuple(v[i].reshape(-1).tolist()) for v in (self.steps, *self.scalars.values()))
+            for i in range(len(self.params))
+        ]
+        self._set_classes(_relabel(keys))
+        host = self.steps.device.type == "cpu" and self.members is None
+        self.host_counts: list[float] | None = self.steps.tolist() if host else None
+
+    def _set_classes(self, classes: list[int]) -> None:
+        self.classes = classes
+        self._version = getattr(self, "_version", 0) + 1
+
+    def segments(self) -> list[tuple[int, int]]:
+        """The ``(first, stop)`` parameter ranges this step updates: runs of consecutive
+        parameters that have a gradient and took the same steps. All parameters of one range
+        share their step count and scalar state, so one set of coefficients serves it."""
+        key = (None if self.present is None else tuple(self.present), self._version)
+        if key == self._segments_key:
+            return self._segments
+        present = self.present or [True] * len(self.params)
+        segments: list[tuple[int, int]] = []
+        for i, (here, cls) in enumerate(zip(present, self.classes, strict=True)):
+            if not here:
+                continue
+            if segments and segments[-1][1] == i and self.classes[segments[-1][0]] == cls:
+                segments[-1] = (segments[-1][0], i + 1)
+            else:
+                segments.append((i, i + 1))
+        self._segments_key, self._segments = key, segments
+        return segments
+
+    _segments_key: tuple | None = None
+
+    def present_grads(self) -> list[Tensor]:
+        """The gradient buffer where this step has gradients, as few contiguous slices (the
+        gradients themselves where they stay outside it, see ``direct``)."""
+        if self.fresh:
+            return [p.grad for p in self.present_params()]
+        if self.present is None:
+            return [self.grad]
+        runs: list[list[int]] = []
+        for i, here in enumerate(self.present):
+            if here:
+                if runs and runs[-1][1] == i:
+                    runs[-1][1] = i + 1
+                else:
+                    runs.append([i, i + 1])
+        return [self.grad[self.bounds[a] : self.bounds[b]] for a, b in runs]
+
+    def present_params(self) -> list[Tensor]:
+        if self.present is None:
+            return self.params
+        return [p for p, here in zip(self.params, self.present, strict=True) if here]
+
+    def advance(self) -> None:
+        """After a step: a parameter that had no gradient now lags those that had one."""
+        if self.present is not None:
+            self._set_classes(_relabel(list(zip(self.classes, self.present, strict=True))))
+
+    def zero_grad(self) -> bool:
+        """Zero the gradients in place where they are all still the flat views; False (and
+        nothing done) otherwise."""
+        if not all(map(operator.is_, map(_GRAD, self.params), self.grad_views)):
+            return False
         self.grad.zero_()
+        return True
+
+    def release(self, p: Tensor, state: dict[Tensor, dict[str, Any]]) -> None:
+        """``p`` leaves flat storage: its data, gradient and state become tensors of its own
+        (so that the old buffers are freed once the bucket is gone)."""
+        p.data = p.data.clone()
+        if p.grad is not None:
+            p.grad = p.grad.clone()
+        p_state = state.get(p)
+        for key, value in (p_state or {}).items():
+            if isinstance(value, Tensor):
+                p_state[key] = value.clone()
+
+
+def _relabel(keys: Sequence[Any]) -> list[int]:
+    """Small integers, equal where the keys are equal."""
+    labels: dict[Any, int] = {}
+    return [labels.setdefault(key, len(labels)) for key in keys]
 
 
 _GRAD = operator.attrgetter("grad")
@@ -226,10 +428,6 @@ def _step_count(state: Mapping[str, Any], members: int | None = None) -> float |
     return count if members is None else (count,) * members
 
 
-class Unflattenable(Exception):
-    """This step cannot run on flat storage; the simple engine takes it."""
-
-
 def fused_update(
     stages: Sequence[Transform],
     flags: Sequence[Mapping[str, bool]],
@@ -238,11 +436,14 @@ def fused_update(
     maximize: bool,
     guarded: bool,
     compute_dtype: torch.dtype,
+    in_place: bool = False,
 ) -> Callable[..., None]:
     """The step over one bucket, with the structure (stages, variants, options) baked in.
 
     Its arguments are tensors only — flat param, grad, state buffers, and the 0-dim
     coefficients — so a compiled version is reused whatever the hyperparameters' values.
+    ``in_place`` (eager, unguarded, state in the parameters' dtype): the parameters are
+    updated with one ``add_`` (a Python-float ``lr``) instead of a new tensor copied back.
     """
 
     def update(
@@ -255,8 +456,9 @@ def fused_update(
         scale: Tensor | None,
         finite: Tensor | None,
     ) -> None:
-        u = grad.to(compute_dtype)
-        weights = param.to(compute_dtype)  # no copy when the dtypes agree
+        # (no conversion, not even a no-op call, when the dtypes agree)
+        u = grad if grad.dtype == compute_dtype else grad.to(compute_dtype)
+        weights = param if param.dtype == compute_dtype else param.to(compute_dtype)
         if clip_value:
             u = torch.clamp(u, -clip, clip)
         if clip_scale:
@@ -269,23 +471,33 @@ def fused_update(
             u, produced = stage.apply(u, weights, view, c, stage_flags)
             new.update(produced)
             view.update(produced)
+        for key, value in new.items():
+            if guarded:
+                value = torch.where(finite, value, state[key])
+            state[key].copy_(value)
+        if in_place:
+            param.add_(u, alpha=-lr)
+            return
         updated = weights - lr * u
         if guarded:
             updated = torch.where(finite, updated, weights)
-            new = {k: torch.where(finite, v, state[k]) for k, v in new.items()}
         param.copy_(updated)
-        for key, value in new.items():
-            state[key].copy_(value)
 
     return update
 
 
 class FusedKernels:
-    """Compiled (or eager) ``fused_update`` functions, one per structure, built on first use."""
+    """Compiled (or eager) ``fused_update`` functions, one per structure, built on first use.
 
-    def __init__(self, compile: bool, backend: Any = "inductor") -> None:
+    ``by_size``: compiling was decided by the model's size (the default engine), and then a
+    pass that is a single ``add_`` (plain SGD: no stage) runs eagerly, where a compiler has
+    nothing to fuse.
+    """
+
+    def __init__(self, compile: bool, backend: Any = "inductor", by_size: bool = False) -> None:
         self.compile = compile
         self.backend = backend
+        self.by_size = by_size
         self._cache: dict[tuple, Callable[..., None]] = {}
         self.compile_failed = False
 
@@ -293,12 +505,19 @@ class FusedKernels:
     def compiling(self) -> bool:
         return self.compile and not self.compile_failed
 
-    def get(self, key: tuple, build: Callable[[], Callable[..., None]]) -> Callable[..., None]:
+    def compiles(self, shape: tuple) -> bool:
+        """Whether the pass of a chain of this shape (active stages and flags) is compiled."""
+        return self.compiling and (bool(shape) or not self.by_size)
+
+    def get(
+        self, key: tuple, build: Callable[[], Callable[..., None]], compiled: bool = True
+    ) -> Callable[..., None]:
         kernel = self._cache.get(key)
         if kernel is None:
             kernel = build()
-            if self.compile and not self.compile_failed:
-                kernel = _compiled(_with_own_code(kernel, (key, self.backend)), self)
+            if compiled and self.compiling:
+                stages = " -> ".join(t.__name__ for t, _ in key[0]) if key and key[0] else "step"
+                kernel = _compiled(_with_own_code(kernel, (key, self.backend)), self, stages)
             self._cache[key] = kernel
         return kernel
 
@@ -323,7 +542,7 @@ def _with_own_code(kernel: Callable[..., None], key: tuple) -> Callable[..., Non
     )
 
 
-def _compiled(kernel: Callable[..., None], owner: FusedKernels) -> Callable[..., None]:
+def _compiled(kernel: Callable[..., None], owner: FusedKernels, label: str) -> Callable[..., None]:
     # dynamic=None: the first bucket size is compiled static; a second size recompiles once
     # with a symbolic size that serves every size after it (param groups, rebuilt layouts).
     compiled = torch.compile(kernel, fullgraph=True, dynamic=None, backend=owner.backend)
@@ -336,12 +555,25 @@ def _compiled(kernel: Callable[..., None], owner: FusedKernels) -> Callable[...,
         try:
             if warm:
                 return compiled(*args)
+            param = args[0]
+            logger.info(
+                "ravine.optim: compiling the flat engine's fused step (%s; %s parameters, %s, "
+                "%s) with torch.compile; this first step takes longer (about a second with a "
+                "warm inductor cache, several cold), later steps and new hyperparameter values "
+                "reuse it (compile=False turns it off)",
+                label,
+                f"{param.numel():,}",
+                str(param.dtype).removeprefix("torch."),
+                param.device,
+            )
+            start = time.perf_counter()
             with warnings.catch_warnings():
                 # The compiler stack imports deprecated parts of torch on first use: a
                 # warnings-as-errors setting must not turn that into a failed compile.
                 warnings.simplefilter("ignore", DeprecationWarning)
                 result = compiled(*args)
             warm = True
+            logger.info("ravine.optim: compiled in %.1f s", time.perf_counter() - start)
             return result
         except Exception as error:  # no C++ toolchain, unsupported backend, ...
             owner.compile_failed = True

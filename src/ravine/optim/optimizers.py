@@ -2,7 +2,19 @@
 
 Each class only fixes a chain of stages (``transforms.py``) and validates its hyperparameters;
 the maths lives in the stages and the engine runs them. Switching from torch.optim is changing
-an import: argument names, defaults and state-dict keys are torch's.
+an import: the signatures (positional order and torch's implementation flags included),
+defaults, param-group keys and state-dict keys are torch's, and ``lr`` (and ``betas``) may be
+1-element tensors, as in torch. torch's implementation flags choose how a step is computed,
+never what; in ravine:
+
+* ``foreach``, ``fused``: None or False change nothing; True selects the flat engine (a fused
+  pass over flat storage: the same numbers). ``engine="simple"`` with it, or both True, is
+  refused.
+* ``differentiable=True``: the step is recorded by autograd (as in torch), on the simple
+  engine, which the default engine then is; ``engine="flat"`` with it is refused.
+* ``capturable=True``: refused (CUDA-graph capture of a step is not supported); False is the
+  default and changes nothing.
+* ``maximize``: as in torch.
 
 Every optimizer also accepts, beyond torch's arguments:
 
@@ -13,8 +25,10 @@ Every optimizer also accepts, beyond torch's arguments:
   preconditioner) instead of as an L2 term added to the gradient.
 * ``nonfinite``: ``"raise"`` (default), ``"skip"`` or ``"ignore"`` a step with NaN/Inf
   gradients (see ``engine.py``).
-* ``engine``: ``"simple"`` (default: per tensor, eager) or ``"flat"`` (contiguous storage, one
-  fused pass per step, compiled unless ``compile=False``; see ``flat.py``).
+* ``engine``: ``"auto"`` (default: the flat engine, compiled from ``COMPILE_MIN_NUMEL``
+  parameters on; the simple engine where a step must be differentiable), ``"simple"`` (per
+  tensor, eager: the reference) or ``"flat"`` (contiguous storage, one fused pass per step,
+  compiled unless ``compile=False``; see ``flat.py``).
 * ``state_dtype``: e.g. ``torch.float32`` for bf16 parameters: state kept, and the update
   computed, in that dtype.
 * ``members``: N stacked copies of a network trained as one (``members.py``): every parameter
@@ -94,13 +108,16 @@ class SGD(ChainOptimizer):
         nesterov: bool = False,
         *,
         maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
         members: int | None = None,
         nonfinite: str = "raise",
-        engine: str = "simple",
-        compile: bool = True,
+        engine: str = "auto",
+        compile: bool | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
@@ -198,15 +215,18 @@ class Adagrad(ChainOptimizer):
         weight_decay: float = 0.0,
         initial_accumulator_value: float = 0.0,
         eps: float = 1e-10,
+        foreach: bool | None = None,
         *,
         maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
         members: int | None = None,
         nonfinite: str = "raise",
-        engine: str = "simple",
-        compile: bool = True,
+        engine: str = "auto",
+        compile: bool | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
@@ -270,15 +290,18 @@ class RMSprop(ChainOptimizer):
         weight_decay: float = 0.0,
         momentum: float = 0.0,
         centered: bool = False,
-        *,
+        capturable: bool = False,
+        foreach: bool | None = None,
         maximize: bool = False,
+        differentiable: bool = False,
+        *,
         decoupled_weight_decay: bool = False,
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
         members: int | None = None,
         nonfinite: str = "raise",
-        engine: str = "simple",
-        compile: bool = True,
+        engine: str = "auto",
+        compile: bool | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
@@ -342,14 +365,18 @@ class Adam(ChainOptimizer):
         weight_decay: float = 0.0,
         amsgrad: bool = False,
         *,
+        foreach: bool | None = None,
         maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
         decoupled_weight_decay: bool = False,
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
         members: int | None = None,
         nonfinite: str = "raise",
-        engine: str = "simple",
-        compile: bool = True,
+        engine: str = "auto",
+        compile: bool | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
@@ -447,13 +474,16 @@ class NAdam(ChainOptimizer):
         momentum_decay: float = 4e-3,
         decoupled_weight_decay: bool = False,
         *,
+        foreach: bool | None = None,
         maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
         members: int | None = None,
         nonfinite: str = "raise",
-        engine: str = "simple",
-        compile: bool = True,
+        engine: str = "auto",
+        compile: bool | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
@@ -477,6 +507,7 @@ class NAdam(ChainOptimizer):
 def _hyperparams(arguments: Mapping[str, Any]) -> dict[str, Any]:
     """A constructor's ``locals()`` minus what is not a group hyperparameter."""
     skip = {"self", "params", "nonfinite", "engine", "compile", "state_dtype", "__class__"}
+    # (torch's implementation flags travel with the hyperparameters: they are group keys)
     hyperparams = {k: v for k, v in arguments.items() if k not in skip}
     if isinstance(hyperparams.get("betas"), list):
         hyperparams["betas"] = tuple(hyperparams["betas"])

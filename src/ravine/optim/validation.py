@@ -54,10 +54,16 @@ def _number(value: Any, key: str, member: int | None) -> float:
 
 
 def _entries(group: Mapping[str, Any], key: str) -> list[tuple[Any, int | None]]:
-    # One value per member only in a member group; elsewhere a tensor is just not a number.
+    # One value per member only in a member group; elsewhere a 1-element tensor is a number
+    # (torch.optim accepts ``lr=torch.tensor(1e-3)``) and any other tensor is not.
     if group.get("members") is None:
-        return [(group[key], None)]
+        return [(_scalar(group[key]), None)]
     return entries(group[key])
+
+
+def _scalar(value: Any) -> Any:
+    real = isinstance(value, Tensor) and not value.is_complex() and value.dtype != torch.bool
+    return value.item() if real and value.numel() == 1 else value
 
 
 def check_nonnegative(group: Mapping[str, Any], key: str) -> None:
