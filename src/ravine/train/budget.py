@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from ravine import limits
-from ravine.problems.models import model_size
+from ravine.problems.models import ModelSize, model_size
 from ravine.train.build import Splits, input_view, model_config, total_steps
 from ravine.train.config import ConfigError, TrainConfig
 
@@ -38,15 +38,23 @@ class Budget:
         )
 
 
-def estimate(config: TrainConfig, splits: Splits, copies: int | None = None) -> Budget:
-    """The :class:`Budget` of ``config`` on its prepared data (``loop.prepare_data``)."""
-    mconfig = model_config(config)
+def estimate(
+    config: TrainConfig, splits: Splits, copies: int | None = None, network=None
+) -> Budget:
+    """The :class:`Budget` of ``config`` on its prepared data (``loop.prepare_data``).
+    ``network``: a user's model (:mod:`ravine.train.user`), already built; its activations
+    are not known, and are counted as one value per parameter."""
     dataset = splits.dataset
-    num_outputs = dataset.num_classes or dataset.y_train.shape[1]
-    try:
-        size = model_size(mconfig, input_view(mconfig, dataset), num_outputs)
-    except ValueError as error:
-        raise ConfigError(f"model: {error}") from None
+    if network is not None:
+        count = sum(p.numel() for p in network.parameters())
+        size = ModelSize(count, count)
+    else:
+        mconfig = model_config(config)
+        num_outputs = dataset.num_classes or dataset.y_train.shape[1]
+        try:
+            size = model_size(mconfig, input_view(mconfig, dataset), num_outputs)
+        except ValueError as error:
+            raise ConfigError(f"model: {error}") from None
     n_train = max(1, len(splits.x_train))
     _, updates = total_steps(config, n_train)
     copies = config.restarts if copies is None else copies
@@ -71,11 +79,13 @@ def estimate(config: TrainConfig, splits: Splits, copies: int | None = None) -> 
     return Budget(updates, size.parameters, copies, memory)
 
 
-def check(config: TrainConfig, splits: Splits, copies: int | None = None) -> Budget:
+def check(
+    config: TrainConfig, splits: Splits, copies: int | None = None, network=None
+) -> Budget:
     """:func:`estimate`, refusing (``ConfigError``) a run over the update or memory limit.
     ``copies``: networks trained side by side (default ``config.restarts``; a tuning batch's
     members)."""
-    budget = estimate(config, splits, copies)
+    budget = estimate(config, splits, copies, network)
     if config.snapshots > budget.updates:
         raise ConfigError(
             f"snapshots={config.snapshots:,} needs at least that many updates; the run has "

@@ -100,6 +100,12 @@ def _prepare_data(config: TrainConfig) -> Splits:
         dataset = load_dataset(config.dataset, **config.dataset_args)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"data: {error}") from None
+    return split_dataset(config, dataset)
+
+
+def split_dataset(config: TrainConfig, dataset: Dataset) -> Splits:
+    """``dataset``'s splits as ``config`` asks: a validation split held out (drawn from
+    ``config.seed``), features standardized on the training rows (a user's data goes here too)."""
     x_train, y_train = dataset.x_train, dataset.y_train
     x_test, y_test = dataset.x_test, dataset.y_test
     x_val, y_val, val_name = x_test, y_test, "test"

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ravine import limits
+from ravine.train.devices import check_precision  # torch-free, like this module
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,6 +68,9 @@ class TrainConfig:
     seed: int = 0  # seeds initialization, data order, dropout and gradient noise
     checkpoint_every: int = 1  # epochs between checkpoints (and at the end)
     keep_weights: bool = False  # also save the weights after every epoch (for trajectories)
+    precision: str = "fp32"  # "bf16" or "fp16": autocast (fp16 with a GradScaler); params fp32
+    # what came from Python (ravine.train.user): {"model": fingerprint, "data": fingerprint}
+    user: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for key in ("dataset", "model", "optimizer"):
@@ -124,6 +128,14 @@ class TrainConfig:
                 f"snapshots={self.snapshots} brings its own cyclic cosine schedule; "
                 f"remove schedule={self.schedule!r}"
             )
+        check_precision(self.precision)
+        if not isinstance(self.user, Mapping) or not all(
+            k in ("model", "data") and isinstance(v, str) for k, v in self.user.items()
+        ):
+            raise ValueError(
+                f"user ([user]) holds the fingerprints of a model and data given from Python "
+                f"(model = ..., data = ...), got {self.user!r}"
+            )
         for key in ("standardize", "shared_data_order", "keep_weights"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
@@ -153,7 +165,11 @@ class TrainConfig:
             tables["schedule"] = {"name": self.schedule, **dict(sorted(self.schedule_args.items()))}
         for f in dataclasses.fields(self):
             if f.name in _TRAINING_KEYS and getattr(self, f.name) is not None:
+                if f.name in _WRITTEN_IF_SET and getattr(self, f.name) == f.default:
+                    continue  # (so the configs of runs written before the key read the same)
                 tables["training"][f.name] = getattr(self, f.name)
+        if self.user:
+            tables["user"] = dict(sorted(self.user.items()))
         return tables
 
 
@@ -171,8 +187,10 @@ _TRAINING_KEYS = (
     "seed",
     "checkpoint_every",
     "keep_weights",
+    "precision",
 )
-_TABLES = ("data", "model", "optimizer", "schedule", "training")
+_WRITTEN_IF_SET = ("precision",)  # keys newer than the first runs: left out at their default
+_TABLES = ("data", "model", "optimizer", "schedule", "training", "user")
 _COMMAND_TABLES = ("tune", "study")  # read by ravine tune / ravine study, not part of a run
 _ARGS_FIELDS = ("dataset_args", "model_args", "optimizer_args", "schedule_args")
 _ARGS_TABLES = {
@@ -293,6 +311,9 @@ def _fields_from_tables(document: Mapping[str, Any], source: str) -> dict[str, A
             if isinstance(values.get("betas"), list):  # anything else: the optimizer says why
                 values["betas"] = tuple(values["betas"])
             fields["optimizer_args"] = values
+        elif table == "user":
+            if values:
+                fields["user"] = values
         elif table == "schedule":
             if values:
                 if "name" not in values:

@@ -10,6 +10,7 @@ resumed ends with the same parameters as one that was not.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import time
@@ -29,8 +30,15 @@ from ravine.folders import (
     save_checkpoint,
 )
 from ravine.train import budget, outputs
-from ravine.train.build import ensemble_metrics, loss_function, prepare_data, seeds
+from ravine.train.build import (
+    ensemble_metrics,
+    loss_function,
+    prepare_data,
+    seeds,
+    split_dataset,
+)
 from ravine.train.config import ConfigError, TrainConfig, dump_toml
+from ravine.train.devices import resolve_device
 from ravine.train.stacked import METHODS
 from ravine.train.trainer import (
     CHECKPOINT,
@@ -62,6 +70,10 @@ def train(
     callbacks: Sequence[Callable[[nn.Module, int], None]] = (),
     device: str | torch.device | None = None,
     method: str = "auto",
+    model: Callable[..., nn.Module] | None = None,
+    data: Any = None,
+    compile: bool = False,
+    progress_every: int | None = None,
 ) -> TrainResult | MembersResult:
     """Train ``config`` into ``out_dir``; resume if the folder holds this run's checkpoint.
 
@@ -74,17 +86,30 @@ def train(
             (instead of ``config.restarts``); returns a :class:`MembersResult` even for one.
         replace: replace the run ``out_dir`` holds, only once this config is fully
             validated (data, model, optimizer and schedule built).
-        on_progress: called with ``{"step", "total", "epoch", "loss"}`` after each update
-            (the median member's loss; a host sync per update, so only when given) and
-            ``{"step", "total", "epoch", "metrics"}`` after each epoch.
+        on_progress: called with ``{"step", "total", "epoch", "loss"}`` every
+            ``progress_every`` updates (the median member's loss: reading it is a host sync,
+            so only when given) and ``{"step", "total", "epoch", "metrics"}`` after each epoch.
         on_epoch: after each epoch's evaluation, may prune members (see ``EpochHook``).
         stop_after_epoch: return after this epoch's checkpoint, as if killed (tests).
         callbacks: one-network runs only: ``callback(model, step)`` after every update; one
             with ``attach(model, optimizer)`` gets it once, before the first update; one with
             ``state_dict()`` / ``load_state_dict()`` is checkpointed with the run.
-        device: where to train (default ``"cpu"``).
+        device: where to train: ``"cpu"`` (the default), ``"cuda"``, ``"cuda:N"``, ``"mps"``
+            or ``"auto"`` (the best available). Nothing is read back to the host during an
+            epoch (losses and accuracy accumulate on the device), except for ``on_progress``.
+            ``config.precision`` sets mixed precision (``"bf16"``, ``"fp16"``).
         method: ``"auto"``, ``"vmap"`` or ``"bmm"`` for several members (see
             :mod:`ravine.train.stacked`); ``"auto"`` trains one member as the plain module.
+        model: your own network instead of the config's: a factory ``factory(seed)`` or
+            ``factory()`` returning an ``nn.Module`` (see :mod:`ravine.train.user`). Several
+            members need a model vmap can batch; that is checked before training starts.
+        data: your own data instead of the config's data set: ``(x_train, y_train, x_test,
+            y_test)`` tensors, or ``(train, test)`` each ``(x, y)``, a torch ``Dataset`` or a
+            ``DataLoader``. The config's split, standardization and batch size apply. Both are
+            recorded in config.toml by fingerprint: a folder resumes only with the same ones.
+        compile: ``torch.compile`` the model's forward (the first updates compile it).
+        progress_every: updates between ``on_progress`` loss reports (default 1 on the CPU,
+            where reading a loss costs nothing, 25 on accelerators).
 
     A damaged checkpoint is never loaded: the run resumes from the previous one
     (``checkpoint.prev.pt``) if that is intact, with a :class:`ResumeWarning`.
@@ -109,15 +134,33 @@ def train(
         raise ConfigError("training callbacks watch one network; use restarts = 1")
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    device = torch.device(device or "cpu")
-    config_text = dump_toml(config.to_toml_tables())
+    try:
+        device = resolve_device(device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if progress_every is not None and (
+        isinstance(progress_every, bool) or not isinstance(progress_every, int) or progress_every < 1
+    ):
+        raise ConfigError(f"progress_every must be an integer >= 1, got {progress_every!r}")
+    every = progress_every or (1 if device.type == "cpu" else 25)
 
-    splits = prepare_data(config)
-    budget.check(config, splits, copies=n)  # the update count and memory, before any work
-    trainer = Trainer(config, splits, members, method=method if n > 1 else "auto", device=device)
+    config, splits, network = _with_user_parts(config, model, data)
+    config_text = dump_toml(config.to_toml_tables())
+    # the update count and memory, before any work
+    budget.check(config, splits, copies=n, network=network)
+    trainer = Trainer(
+        config,
+        splits,
+        members,
+        method=method if n > 1 else "auto",
+        device=device,
+        compile=compile,
+        model=model,
+    )
     if config.snapshots and trainer.total < config.snapshots:
         raise ConfigError(f"snapshots={config.snapshots} needs at least that many updates")
     run = _Run(config, splits, trainer, callbacks, many, device)
+    run.progress_every = every
     if out_dir is None:
         return run.go(None, stop_after_epoch, on_progress, on_epoch)
     out = Path(out_dir)
@@ -129,6 +172,36 @@ def train(
         return run.go(folder, stop_after_epoch, on_progress, on_epoch)
     finally:
         folder.release()
+
+
+def _with_user_parts(config: TrainConfig, model, data):
+    """The config as the run records it, its splits, and (for a user model) one network built
+    for the fingerprint and the memory estimate."""
+    from ravine.train import user
+
+    if model is None and data is None:
+        return config, prepare_data(config), None
+    fingerprints = dict(config.user)
+    changes: dict[str, Any] = {}
+    if data is not None:
+        try:
+            dataset = user.user_dataset(data)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        fingerprints["data"] = user.data_fingerprint(dataset)
+        changes.update(dataset=user.USER, dataset_args={})
+        splits = split_dataset(config, dataset)
+    else:
+        splits = prepare_data(config)
+    network = None
+    if model is not None:
+        try:
+            network = user.build_user_model(model, config.seed, seeds(config.seed)["init"])
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        fingerprints["model"] = user.model_fingerprint(network)
+        changes.update(model=user.USER, model_args={})
+    return dataclasses.replace(config, user=fingerprints, **changes), splits, network
 
 
 def claim_run_folder(out: Path, config_text: str, *, replace: bool = False) -> RunFolder:
@@ -170,6 +243,7 @@ class _Run:
         self.callbacks = list(callbacks)
         self.many = many  # report per member (MembersResult), even for one member
         self.device = device
+        self.progress_every = 1
         self.val_name = splits.val_name
         self.x_train, self.y_train = splits.x_train.to(device), splits.y_train.to(device)
         self.held_out = {splits.val_name: (splits.x_val.to(device), splits.y_val.to(device))}
@@ -249,7 +323,9 @@ class _Run:
                 break
 
             def on_step(losses: Tensor, epoch: int = epoch) -> None:
-                loss = outputs.median(losses.tolist())  # a host sync per update: only on request
+                if trainer.step % self.progress_every and trainer.step != total:
+                    return
+                loss = outputs.median(losses.tolist())  # a host sync: only every K updates
                 on_progress({"step": trainer.step, "total": total, "epoch": epoch, "loss": loss})
 
             def after_update(step: int) -> None:
@@ -265,6 +341,7 @@ class _Run:
                 on_step=on_step if on_progress is not None else None,
                 after_update=after_update if (cycle or self.callbacks) else None,
             )
+            trainer.check_finite()  # a step refused on the device raises here at the latest
             record, per_row = self._record(epoch, ids, stats)
             record["seconds"] = seconds_before + time.perf_counter() - started
             self.history.append(record)

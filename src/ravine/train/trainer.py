@@ -31,7 +31,9 @@ compute, and the others continue exactly as before.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +56,10 @@ from ravine.train.build import (
 )
 from ravine.train.config import ConfigError, TrainConfig
 from ravine.train.stacked import member_state_dict, per_member_loss, stacked_forward
+from ravine.train.user import build_user_model, check_stackable
+
+_LOG = logging.getLogger("ravine.train")
+_AUTOCAST = {"bf16": "bfloat16", "fp16": "float16"}
 
 __all__ = [
     "CHECKPOINT",
@@ -148,8 +154,10 @@ class _Module:
 
     method = "module"
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, compile: bool = False) -> None:
         self.model = model.to(device)
+        if compile:
+            self.model.compile()  # in place: state-dict keys and callbacks see the module as is
 
     def parameters(self) -> list[Tensor]:
         return list(self.model.parameters())
@@ -188,7 +196,9 @@ class _Module:
 class _Stacked:
     """N members as stacked ``(N, ...)`` tensors with a batched forward."""
 
-    def __init__(self, models: Sequence[nn.Module], method: str, device: torch.device) -> None:
+    def __init__(
+        self, models: Sequence[nn.Module], method: str, device: torch.device, compile: bool = False
+    ) -> None:
         params, buffers = stack_models(models)
         self.model = models[0]  # the architecture
         self.params = {k: v.to(device).requires_grad_() for k, v in params.items()}
@@ -197,6 +207,8 @@ class _Stacked:
             self.forward, self.method = stacked_forward(self.model, method)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        if compile:
+            self.forward = torch.compile(self.forward)
 
     def parameters(self) -> list[Tensor]:
         return list(self.params.values())
@@ -263,24 +275,36 @@ class Trainer:
         *,
         method: str = "auto",
         device: torch.device | str = "cpu",
+        compile: bool = False,
+        model: Callable[..., nn.Module] | None = None,
     ) -> None:
+        """``model``: a factory of the user's network (:mod:`ravine.train.user`) instead of
+        the config's; ``compile``: ``torch.compile`` the forward."""
         if not members:
             raise ConfigError("a run needs at least one member")
         self.config, self.members = config, list(members)
         self.device = torch.device(device)
         dataset = splits.dataset
         self.task = dataset.task
-        mconfig = model_config(config)
-        self.input_shape = input_view(mconfig, dataset)
+        if model is None:
+            mconfig = model_config(config)
+            self.input_shape = input_view(mconfig, dataset)
+        else:
+            self.input_shape = tuple(dataset.input_shape)
         num_outputs = dataset.num_classes or dataset.y_train.shape[1]
         models = []
         for member in self.members:
-            model = build_model(
-                mconfig, self.input_shape, num_outputs, generator=seeds(member.seed)["init"]
-            )
+            init_seed = seeds(member.seed)["init"]
+            if model is None:
+                network = build_model(mconfig, self.input_shape, num_outputs, generator=init_seed)
+            else:
+                try:
+                    network = build_user_model(model, member.seed, init_seed)
+                except ValueError as error:
+                    raise ConfigError(str(error)) from None
             if config.pretrained:
                 try:
-                    record = pre_initialize(model, config.pretrained, strict=False)
+                    record = pre_initialize(network, config.pretrained, strict=False)
                 except Exception as error:  # a file a user names breaks in many ways
                     raise ConfigError(
                         f"pretrained: {config.pretrained} is not a checkpoint ravine can read "
@@ -290,13 +314,36 @@ class Trainer:
                     raise ConfigError(
                         f"pretrained: nothing in {config.pretrained} matches the model"
                     )
-            models.append(model)
+            models.append(network)
         n = len(models)
+        if model is not None and n > 1:
+            x = splits.x_train[:2].reshape(-1, *self.input_shape)
+            check_stackable(models[0], x, n, lambda m: stacked_forward(m, method))
+        if compile:
+            _LOG.info("compiling the model with torch.compile: the first updates take longer")
         if n == 1 and method in ("auto", "module"):
-            self.net: _Module | _Stacked = _Module(models[0], self.device)
+            self.net: _Module | _Stacked = _Module(models[0], self.device, compile)
         else:
-            self.net = _Stacked(models, method, self.device)
+            self.net = _Stacked(models, method, self.device, compile)
         self.method = self.net.method
+        # Mixed precision: the forward (and the loss) under autocast; parameters, gradients
+        # and optimizer state stay float32. fp16 needs a loss scale against underflow: one
+        # GradScaler, whose skip-on-overflow reads a flag per update (torch's; bf16 has none).
+        self.precision = config.precision
+        dtype = _AUTOCAST.get(self.precision)
+        self._autocast: Callable[[], Any] = (
+            (lambda: torch.autocast(self.device.type, dtype=getattr(torch, dtype)))
+            if dtype is not None
+            else contextlib.nullcontext
+        )
+        if self.precision == "fp16" and n > 1:
+            raise ConfigError(
+                "precision fp16 with several members: one loss scale would skip every "
+                "member's step when one overflows; use bf16 (no loss scale) or restarts = 1"
+            )
+        self.scaler = (
+            torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        )
         self.architecture = models[0] if n > 1 else copy.deepcopy(models[0])
         _, self.total = total_steps(config, len(splits.x_train))
         if config.snapshots:
@@ -354,7 +401,8 @@ class Trainer:
         shared = len(self.data_gens) == 1 and n > 1
         loss_sum = torch.zeros(n, device=self.device)
         correct = torch.zeros(n, dtype=torch.int64, device=self.device)
-        step_losses, lrs = [], []
+        step_losses: list[Tensor] = []
+        lrs: list[float | Tensor] = []  # read once, at the end of the epoch
         seen = 0
         for i in range(per_epoch):
             if self.step >= self.total:
@@ -366,7 +414,7 @@ class Trainer:
             y = y_train[index]
             losses, output = self.update(x, y, shared=shared)
             step_losses.append(losses)
-            lrs.append(self.lr())  # after the schedule
+            lrs.append(self._lr_now())  # after the schedule
             batch = index.shape[-1]
             seen += batch
             loss_sum += losses * batch
@@ -382,25 +430,36 @@ class Trainer:
             "correct": correct,
             "seen": seen,
             "losses": torch.stack(step_losses) if step_losses else torch.zeros(0, n),
-            "lrs": lrs,
+            "lrs": [_median_lr(lr) for lr in lrs],
         }
 
     def update(self, x: Tensor, y: Tensor, *, shared: bool = False) -> tuple[Tensor, Tensor]:
         """One update on the mini-batch; returns the ``(N,)`` losses and ``(N, batch, out)``
         outputs (detached). ``x``: ``(N, batch, ...)``, or ``(batch, ...)`` when ``shared``."""
+        # Nothing here reads a device value back to the host (tests/test_device.py counts):
+        # on an accelerator the update is queued while the host prepares the next one.
         self.optimizer.zero_grad()
-        output = self.net.train_outputs(x, shared)
+        with self._autocast():
+            output = self.net.train_outputs(x, shared)
+        output = output.float()  # the loss in float32 whatever the precision
         target = y.expand(self.n, *y.shape) if shared else y
         losses = per_member_loss(output, target, self.task)  # (N,)
         # Summed: member k's parameters only reach member k's loss, so each gets its own
         # gradient (a NaN loss of one member back-propagates ones, not NaN, to the others).
-        losses.sum().backward()
+        scaler = self.scaler
+        (scaler.scale(losses.sum()) if scaler is not None else losses.sum()).backward()
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)  # noise and clipping act on the true gradient
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
         if self.config.grad_noise:
             self._add_gradient_noise(grads)
         if self.stacked:
             self._freeze_retired(grads)
-        self.optimizer.step()
+        if scaler is not None:
+            scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            scaler.update()
+        else:
+            self.optimizer.step()
         if self.stacked:
             refused = self.optimizer.refused_members
             bad = ~torch.isfinite(losses.detach())
@@ -441,10 +500,21 @@ class Trainer:
 
     def lr(self) -> float:
         """The first param group's lr (the median member's, when members differ)."""
+        return _median_lr(self.optimizer.param_groups[0]["lr"])
+
+    def _lr_now(self) -> float | Tensor:
+        # A tensor lr (per member, or a user's tensor) is copied, not read: the schedule
+        # writes into it in place, and reading it would be a host sync were it on a device.
         lr = self.optimizer.param_groups[0]["lr"]
-        if isinstance(lr, Tensor):
-            return float(lr.median()) if lr.numel() > 1 else float(lr)
-        return float(lr)
+        return lr.detach().clone() if isinstance(lr, Tensor) else lr
+
+    def check_finite(self) -> None:
+        """Raise the :class:`~ravine.optim.NonFiniteGradientError` of a step refused on the
+        device whose check was deferred (the sync-free path raises it one step later, or
+        here: the loop calls this at the end of every epoch, before a checkpoint)."""
+        check = getattr(self.optimizer, "check_finite", None)
+        if check is not None:
+            check()
 
     @property
     def diverged(self) -> list[int]:
@@ -455,7 +525,8 @@ class Trainer:
 
     def outputs(self, x: Tensor, state=None) -> Tensor:
         """``(N, n, outputs)``: every row's eval-mode outputs on ``x`` ``(n, ...)``."""
-        return self.net.outputs(x, self.input_shape, state)
+        with self._autocast():
+            return self.net.outputs(x, self.input_shape, state).float()
 
     def metrics(self, outputs: Tensor, y: Tensor) -> dict[str, Tensor]:
         """``(N,)`` loss (and accuracy) of each row's ``outputs`` against ``y``."""
@@ -505,6 +576,7 @@ class Trainer:
             "step": self.step,
             "ids": list(self.ids),
             "diverged_step": self.diverged_step.cpu(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -523,6 +595,14 @@ class Trainer:
             gen.set_state(s)
         self.step = state["step"]
         self.diverged_step = state["diverged_step"].to(self.device)
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+
+def _median_lr(lr: float | Tensor) -> float:
+    if isinstance(lr, Tensor):
+        return float(lr.median()) if lr.numel() > 1 else float(lr)
+    return float(lr)
 
 
 def _optimizer(config: TrainConfig, members: Sequence[Member], params, *, stacked: bool):
