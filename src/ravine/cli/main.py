@@ -105,6 +105,7 @@ def _check_output(out: Path, option: str = "--out") -> None:
     errors.note_output(out)
 
 
+_DEVICE_HELP = "cpu, cuda, cuda:N, mps or auto (the best available)."
 _COMMAND_LINE: list[str] = []  # what main() was called with: the resume command repeats it
 
 
@@ -295,6 +296,14 @@ def train(
             "valid); without it, a folder holding another run is refused.",
         ),
     ] = False,
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    precision: Annotated[
+        str | None,
+        typer.Option(help="fp32, bf16 or fp16 (autocast; fp16 with a loss scale). Default fp32."),
+    ] = None,
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the model (slower first updates).")
+    ] = False,
 ) -> None:
     """Train a network; resume automatically from the output folder's checkpoint.
 
@@ -311,7 +320,10 @@ def train(
       ravine train --dataset mnist1d --model mnist1d_mlp --optimizer nadam --lr 2e-3 --epochs 2
 
       ravine train --restarts 8 --epochs 3
+
+      ravine train --device cuda --precision bf16 --compile
     """
+    device = _check_device(device)
     _check_count("--depth", depth, 0, limits.MAX_DEPTH, "")
     _check_count("--width", width, 1, limits.MAX_WIDTH, "")
     _check_count("--curvature-every", curvature_every, 0)
@@ -350,6 +362,7 @@ def train(
             grad_noise=grad_noise,
             early_stopping=early_stopping,
             keep_weights=keep_weights,
+            precision=precision,
         )
         optimizer_args = {"lr": lr} if lr is not None else {}
         optimizer_args.update(_parse_values(pairs))
@@ -371,8 +384,41 @@ def train(
         )
     if gradient_health and run.restarts > 1:
         raise UsageFailure("--gradient-health needs restarts = 1")
+    if run.user:
+        raise UsageFailure(
+            "[user] records a model or data given from Python (ravine.train.train(model=, "
+            "data=)); the command line trains built-in models and data"
+        )
     _preflight(run)  # the model, the optimizer, the data, the update count, the memory
-    _run_training(run, out, curvature_every, gradient_health, replace=replace)
+    resolved = _resolve_device(device)
+    _run_training(
+        run,
+        out,
+        curvature_every,
+        gradient_health,
+        replace=replace,
+        device=resolved,
+        compile_model=compile_model,
+    )
+
+
+def _check_device(name: str) -> str:
+    """The device name, checked without torch (whether the machine has it: _resolve_device)."""
+    from ravine.train.devices import check_device_name  # torch-free
+
+    try:
+        return check_device_name(name, "--device")
+    except ValueError as error:
+        raise UsageFailure(str(error)) from None
+
+
+def _resolve_device(name: str):
+    from ravine.train.devices import resolve_device
+
+    try:
+        return resolve_device(name, "--device")
+    except ValueError as error:
+        raise UsageFailure(str(error)) from None
 
 
 def _claim(out: Path, kind: str, config: str, *, replace: bool):
@@ -496,7 +542,14 @@ def _check_pretrained(run, splits) -> None:
 
 
 def _run_training(
-    run, out: Path, curvature_every: int = 0, gradient_health: bool = False, *, replace=False
+    run,
+    out: Path,
+    curvature_every: int = 0,
+    gradient_health: bool = False,
+    *,
+    replace=False,
+    device=None,
+    compile_model: bool = False,
 ) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -507,6 +560,10 @@ def _run_training(
     from ravine.train import ConfigError, train
 
     console = Console()
+    if device is not None and device.type != "cpu":
+        console.print(f"training on {device}")
+    if compile_model:
+        console.print("compiling the model with torch.compile: the first updates take longer")
     with Progress(
         TextColumn("[bold]train"),
         BarColumn(),
@@ -535,7 +592,15 @@ def _run_training(
             tracker = _curvature_tracker(run, curvature_every) if curvature_every else None
             health = _gradient_health() if gradient_health else None
             callbacks = [c for c in (tracker, health) if c is not None]
-            result = train(run, out, on_progress=on_progress, callbacks=callbacks, replace=replace)
+            result = train(
+                run,
+                out,
+                on_progress=on_progress,
+                callbacks=callbacks,
+                replace=replace,
+                device=device,
+                compile=compile_model,
+            )
             with locked(out):
                 draw_run_figures(result, run)
                 if tracker is not None:
@@ -574,6 +639,7 @@ def probe(
     k: Annotated[
         int, typer.Option(help="Top and bottom Hessian eigenvalues to find (at most 1,000).")
     ] = 5,
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
 ) -> None:
     """Gradient health, curvature and saddle report of a trained run.
 
@@ -584,6 +650,7 @@ def probe(
 
       ravine probe ravine-runs/digits
     """
+    device = _check_device(device)
     _check_count("--examples", examples, 1)
     _check_count("--k", k, 1, limits.MAX_EIGENVALUES, "")
     _check_path("the run folder", run_dir)
@@ -593,10 +660,14 @@ def probe(
     from ravine.folders import DamagedFileError, FolderInUseError
     from ravine.report.probe import probe_run
     from ravine.train import ConfigError
+    from ravine.train.devices import using_device
 
     console = Console()
+    resolved = _resolve_device(device)
     try:
-        with console.status("probing: gradients, Hessian eigenvalues, trace, density"):
+        # (using_device: load_run puts the model and the data there)
+        status = console.status("probing: gradients, Hessian eigenvalues, trace, density")
+        with status, using_device(resolved):
             report = probe_run(run_dir, examples=examples, k=k)
     except (ConfigError, DamagedFileError, FolderInUseError) as error:
         raise UsageFailure(str(error)) from None
@@ -611,6 +682,7 @@ def landscape(
     kind: Annotated[str, typer.Option(help="interp, surface or trajectory.")] = "surface",
     resolution: Annotated[int, typer.Option(help="Grid points per axis (2 to 1,000).")] = 25,
     examples: Annotated[int, typer.Option(help="Examples per split evaluated.")] = 1000,
+    device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
 ) -> None:
     """Loss landscape of a trained run: interpolation, surface, or trajectory.
 
@@ -623,6 +695,7 @@ def landscape(
 
       ravine landscape ravine-runs/digits --kind interp
     """
+    device = _check_device(device)
     kinds = ("interp", "surface", "trajectory")
     if kind not in kinds:
         raise UsageFailure(f"unknown --kind {kind!r}; valid: {', '.join(kinds)}")
@@ -635,10 +708,13 @@ def landscape(
     from ravine.folders import DamagedFileError, FolderInUseError
     from ravine.report.probe import landscape_run
     from ravine.train import ConfigError
+    from ravine.train.devices import using_device
 
     console = Console()
+    resolved = _resolve_device(device)
     try:
-        with console.status(f"landscape: {kind}"):
+        # (using_device: load_run puts the model and the data there)
+        with console.status(f"landscape: {kind}"), using_device(resolved):
             written = landscape_run(run_dir, kind, resolution=resolution, examples=examples)
     except (ConfigError, DamagedFileError, FolderInUseError) as error:
         raise UsageFailure(str(error)) from None

@@ -79,9 +79,7 @@ def estimate(
     return Budget(updates, size.parameters, copies, memory)
 
 
-def check(
-    config: TrainConfig, splits: Splits, copies: int | None = None, network=None
-) -> Budget:
+def check(config: TrainConfig, splits: Splits, copies: int | None = None, network=None) -> Budget:
     """:func:`estimate`, refusing (``ConfigError``) a run over the update or memory limit.
     ``copies``: networks trained side by side (default ``config.restarts``; a tuning batch's
     members)."""

@@ -73,7 +73,9 @@ def resolve_device(name: Any = "auto", argument: str = "device"):
         if kind == "cuda" and torch.cuda.is_available():
             why = f"this machine has {torch.cuda.device_count()} CUDA device(s)"
         elif kind == "cuda":
-            built = "without CUDA" if torch.version.cuda is None else f"with CUDA {torch.version.cuda}"
+            built = (
+                "without CUDA" if torch.version.cuda is None else f"with CUDA {torch.version.cuda}"
+            )
             why = f"CUDA is not available (torch {torch.__version__} built {built})"
         else:
             why = "Apple's MPS is not available"

@@ -139,7 +139,9 @@ def train(
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if progress_every is not None and (
-        isinstance(progress_every, bool) or not isinstance(progress_every, int) or progress_every < 1
+        isinstance(progress_every, bool)
+        or not isinstance(progress_every, int)
+        or progress_every < 1
     ):
         raise ConfigError(f"progress_every must be an integer >= 1, got {progress_every!r}")
     every = progress_every or (1 if device.type == "cpu" else 25)

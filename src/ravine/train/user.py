@@ -96,7 +96,9 @@ def user_dataset(data: Any) -> Dataset:
     if isinstance(data, Dataset):
         return data
     parts = _splits(data)
-    (x_train, y_train), (x_test, y_test) = (_tensors(p, name) for p, name in zip(parts, ("train", "test"), strict=True))
+    (x_train, y_train), (x_test, y_test) = (
+        _tensors(p, name) for p, name in zip(parts, ("train", "test"), strict=True)
+    )
     if tuple(x_train.shape[1:]) != tuple(x_test.shape[1:]):
         raise ValueError(
             f"data: train and test examples differ in shape: {tuple(x_train.shape[1:])} and "
@@ -135,7 +137,11 @@ def user_dataset(data: Any) -> Dataset:
 
 
 def _splits(data: Any) -> tuple[Any, Any]:
-    if isinstance(data, tuple | list) and len(data) == 4 and all(isinstance(t, Tensor) for t in data):
+    if (
+        isinstance(data, tuple | list)
+        and len(data) == 4
+        and all(isinstance(t, Tensor) for t in data)
+    ):
         return (data[0], data[1]), (data[2], data[3])
     if isinstance(data, tuple | list) and len(data) == 2:
         return data[0], data[1]
@@ -149,7 +155,11 @@ def _splits(data: Any) -> tuple[Any, Any]:
 def _tensors(part: Any, name: str) -> tuple[Tensor, Tensor]:
     from torch.utils.data import DataLoader
 
-    if isinstance(part, tuple | list) and len(part) == 2 and all(isinstance(t, Tensor) for t in part):
+    if (
+        isinstance(part, tuple | list)
+        and len(part) == 2
+        and all(isinstance(t, Tensor) for t in part)
+    ):
         x, y = part
     elif isinstance(part, DataLoader):
         batches = [_example(b, name) for b in part]
@@ -177,7 +187,9 @@ def _tensors(part: Any, name: str) -> tuple[Tensor, Tensor]:
 
 def _example(item: Any, name: str) -> tuple[Tensor, Tensor]:
     if not (isinstance(item, tuple | list) and len(item) == 2):
-        raise ValueError(f"data: the {name} split must yield (x, y) pairs, got {type(item).__name__}")
+        raise ValueError(
+            f"data: the {name} split must yield (x, y) pairs, got {type(item).__name__}"
+        )
     return tuple(torch.as_tensor(v) for v in item)  # type: ignore[return-value]
 
 
