@@ -122,15 +122,15 @@ def user_dataset(data: Any) -> Dataset:
         task = "classification"
     try:
         return Dataset(
-            USER,
-            x_train,
-            y_train,
-            x_test,
-            y_test,
-            task,
-            classes,
-            tuple(x_train.shape[1:]),
-            f"user data: {len(x_train):,} training and {len(x_test):,} test examples",
+            name=USER,
+            x_train=x_train,
+            y_train=y_train,
+            x_test=x_test,
+            y_test=y_test,
+            task=task,
+            num_classes=classes,
+            input_shape=tuple(x_train.shape[1:]),
+            description=f"user data: {len(x_train):,} training and {len(x_test):,} test examples",
         )
     except ValueError as error:
         raise ValueError(f"data: {error}") from None
@@ -203,12 +203,25 @@ def check_stackable(network: nn.Module, x: Tensor, n: int, forward_of) -> None:
     ``forward_of(model) -> (forward, method)`` is :func:`ravine.train.stacked.stacked_forward`."""
     from ravine.problems.models import stack_models
 
+    cumulative = [
+        name
+        for name, m in network.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is None
+    ]
+    if cumulative:
+        raise ConfigError(
+            f"model: {n} members of this model cannot train as one batched computation "
+            f"(BatchNorm {cumulative[0]!r} has momentum=None: its cumulative average reads "
+            f"its batch count on the host). {_ADVICE}"
+        )
     copies = [copy.deepcopy(network) for _ in range(2)]
     try:
         params, buffers = stack_models(copies)
         params = {k: v.requires_grad_() for k, v in params.items()}
         forward, _ = forward_of(copies[0])
-        output, _ = forward(params, buffers, x, training=True, shared=True)
+        # Each member its own batch, as restarts see them: the inputs are batched too.
+        xs = x.unsqueeze(0).expand(2, *x.shape)
+        output, _ = forward(params, buffers, xs, training=True, shared=False)
         output.float().sum().backward()
     except Exception as error:  # vmap, functional_call and the model itself fail in many ways
         raise ConfigError(
