@@ -134,8 +134,11 @@ class _Branching(nn.Module):
 
 def test_a_model_that_cannot_be_stacked_is_refused_up_front(digits, tmp_path):
     config = dataclasses.replace(CONFIG, restarts=4)
-    with pytest.raises(ConfigError, match=r"4 members of this model cannot train as one batched"
-                       r".*branches on a tensor's value.*restarts = 1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"4 members of this model cannot train as one batched"
+        r".*branches on a tensor's value.*restarts = 1",
+    ):
         train(config, tmp_path, model=lambda seed: _Branching(), data=digits)
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # refused before any work
     # The same model trains as one network, and a user's CNN batches (vmap) as restarts.
@@ -151,7 +154,9 @@ def test_a_model_that_cannot_be_stacked_is_refused_up_front(digits, tmp_path):
             nn.Linear(144, 10),
         )
 
-    result = train(dataclasses.replace(config, restarts=2, max_steps=3), None, model=cnn, data=digits)
+    result = train(
+        dataclasses.replace(config, restarts=2, max_steps=3), None, model=cnn, data=digits
+    )
     assert result.method == "vmap" and result.diverged == []
 
 

@@ -744,11 +744,7 @@ def _write_gradient_health(health, out: Path, console) -> None:
     from ravine.report.gradients import plot_gradient_flow
 
     findings = health.findings()
-    records = [
-        {"kind": f.kind, "layer": f.layer, "step": f.step, "message": f.message, "advice": f.advice}
-        for f in findings
-    ]
-    atomic_write_text(out / "gradient-health.json", json.dumps(records, indent=2))
+    atomic_write_text(out / "gradient-health.json", json.dumps(health.finding_records(), indent=2))
     if health.monitor is not None and health.monitor.history:
         plot_gradient_flow(health.monitor, out / "gradient-flow.png", title="Gradient flow")
     for f in findings:

@@ -341,20 +341,20 @@ class GradientMonitor:
             self.watch(optimizer)
         names = list(self.layers)
         with torch.no_grad():
-            zero = torch.zeros(())
             rows = []  # per layer: (has_grad, grad, weight, has_before, update, before) norms
             for name in names:
                 w = self.layers[name].weight.detach()
                 g = self.layers[name].weight.grad
                 before = self._before.get(name)
                 ok = before is not None and before.shape == w.shape
+                zero = torch.zeros((), device=w.device)  # (on the weights' device: one stack)
                 rows.append(
                     torch.stack(
                         [
-                            torch.tensor(float(g is not None)),
+                            torch.tensor(float(g is not None), device=w.device),
                             zero if g is None else g.detach().float().norm(),
                             w.float().norm(),
-                            torch.tensor(float(ok)),
+                            torch.tensor(float(ok), device=w.device),
                             (w - before).float().norm() if ok else zero,
                             before.float().norm() if ok else zero,
                         ]
@@ -590,6 +590,19 @@ class GradientHealthCallback:
 
     def findings(self) -> list[Finding]:
         return diagnose(self.monitor) if self.monitor is not None and self.monitor.history else []
+
+    def finding_records(self) -> list[dict[str, Any]]:
+        """:meth:`findings` as the JSON records of ``gradient-health.json``."""
+        return [
+            {
+                "kind": f.kind,
+                "layer": f.layer,
+                "step": f.step,
+                "message": f.message,
+                "advice": f.advice,
+            }
+            for f in self.findings()
+        ]
 
     # The training loop checkpoints these, so a resumed run keeps the history from before.
     # Column-wise, as tensors, converted incrementally: a record per update over a long run is
