@@ -93,7 +93,7 @@ def _reference():
 
 def test_a_lightning_fit_records_gradient_health_and_curvature(tmp_path):
     callback = RavineCallback(curvature_every=4, loss_fn=F.cross_entropy, out_dir=tmp_path / "r")
-    trainer, module = _fit(tmp_path, callback)
+    trainer, _ = _fit(tmp_path, callback)
     norms, at_4 = _reference()
 
     history = callback.health.monitor.history

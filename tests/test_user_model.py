@@ -161,7 +161,7 @@ def test_a_model_that_cannot_be_stacked_is_refused_up_front(digits, tmp_path):
 
 
 def test_bad_user_parts_name_the_argument(digits):
-    with pytest.raises(ConfigError, match="model: the factory must return an nn.Module, got int"):
+    with pytest.raises(ConfigError, match=r"model: the factory must return an nn\.Module, got int"):
         train(CONFIG, None, model=lambda seed: 3, data=digits)
     with pytest.raises(ConfigError, match=r"data must be \(x_train, y_train, x_test, y_test\)"):
         train(CONFIG, None, data=digits[:3])
