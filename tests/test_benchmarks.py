@@ -24,6 +24,11 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ("tune.py", ["--trials", "2", "--epochs", "1", "--repeats", "1"], "speed-up"),
         ("curvature_hvps.py", ["--k", "2", "--seeds", "0"], "Lanczos"),
         ("landscape.py", ["--resolution", "5", "--repeats", "1"], "vmap"),
+        (
+            "train_throughput.py",
+            ["--cases", "digits-mlp-b256", "--epochs", "1", "--repeats", "1"],
+            "loop / hand",
+        ),
     ],
 )
 def test_benchmark_runs(script, args, expected):

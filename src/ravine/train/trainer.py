@@ -49,6 +49,7 @@ from ravine.problems.models import pre_initialize, stack_models
 from ravine.train.build import (
     Splits,
     input_view,
+    loss_function,
     make_run_schedule,
     model_config,
     seeds,
@@ -158,13 +159,17 @@ class _Module:
         self.model = model.to(device)
         if compile:
             self.model.compile()  # in place: state-dict keys and callbacks see the module as is
+        # Walking the module tree costs more than a small model's update: done once.
+        self._parameters = list(self.model.parameters())
 
     def parameters(self) -> list[Tensor]:
-        return list(self.model.parameters())
+        return self._parameters
 
     def train_outputs(self, x: Tensor, shared: bool) -> Tensor:
-        self.model.train()
-        return self.model(x if shared else x[0]).unsqueeze(0)  # (1, batch, outputs)
+        """``(batch, outputs)`` for ``x`` ``(batch, ...)``: no member dimension in the graph."""
+        if not self.model.training:  # (train() recurses over every module: only when needed)
+            self.model.train()
+        return self.model(x)
 
     @torch.no_grad()
     def outputs(self, x: Tensor, input_shape, state=None) -> Tensor:
@@ -286,6 +291,7 @@ class Trainer:
         self.device = torch.device(device)
         dataset = splits.dataset
         self.task = dataset.task
+        self._loss_fn = loss_function(dataset)
         if model is None:
             mconfig = model_config(config)
             self.input_shape = input_view(mconfig, dataset)
@@ -393,66 +399,82 @@ class Trainer:
         """
         config, n = self.config, self.n
         size = len(x_train)
+        x_train = x_train.reshape(size, *self.input_shape)  # (once: a view per update costs)
         per_epoch = math.ceil(size / config.batch_size)
         orders = torch.stack([torch.randperm(size, generator=g) for g in self.data_gens])
         orders = orders.to(self.device)  # (N or 1, size)
         shared = len(self.data_gens) == 1 and n > 1
-        loss_sum = torch.zeros(n, device=self.device)
-        correct = torch.zeros(n, dtype=torch.int64, device=self.device)
+        one_order = orders[0] if shared or not self.stacked else None  # (size,)
+        # Per update only what the epoch's metrics need, on the device: the (N,) losses and
+        # the ([N,] batch) predicted classes; sums and comparisons wait for the epoch's end.
         step_losses: list[Tensor] = []
+        predictions: list[Tensor] = []
         lrs: list[float | Tensor] = []  # read once, at the end of the epoch
-        seen = 0
+        seen, batch_size = 0, config.batch_size
         for i in range(per_epoch):
             if self.step >= self.total:
                 break
-            index = orders[:, i * config.batch_size : (i + 1) * config.batch_size]
-            if shared:
-                index = index[0]  # (batch,)
-            x = x_train[index].reshape(*index.shape, *self.input_shape)  # (N, batch, ...)
+            rows = slice(i * batch_size, (i + 1) * batch_size)
+            index = one_order[rows] if one_order is not None else orders[:, rows]
+            x = x_train[index]  # ([N,] batch, ...)
             y = y_train[index]
-            losses, output = self.update(x, y, shared=shared)
+            losses, predicted = self.update(x, y, shared=shared)
             step_losses.append(losses)
             lrs.append(self._lr_now())  # after the schedule
-            batch = index.shape[-1]
-            seen += batch
-            loss_sum += losses * batch
-            if self.task == "classification":
-                target = y.expand(n, *y.shape) if shared else y
-                correct += (output.argmax(dim=-1) == target).sum(dim=1)
+            seen += index.shape[-1]
+            if predicted is not None:
+                predictions.append(predicted)
             if after_update is not None:
                 after_update(self.step)
             if on_step is not None:
                 on_step(losses)
+        losses = torch.stack(step_losses) if step_losses else torch.zeros(0, n, device=self.device)
+        batches = torch.full((len(step_losses), 1), float(config.batch_size), device=self.device)
+        if step_losses and seen % config.batch_size and len(step_losses) == per_epoch:
+            batches[-1] = seen % config.batch_size  # the epoch's last, smaller batch
+        correct = torch.zeros(n, dtype=torch.int64, device=self.device)
+        if predictions:
+            targets = y_train[orders[:, :seen]]  # (N or 1, seen): the examples, in order
+            predicted = torch.cat(predictions, dim=-1).view(-1, seen)  # (N, seen)
+            correct = (predicted == targets).sum(dim=1)
         return {
-            "loss_sum": loss_sum,
+            "loss_sum": (losses * batches).sum(dim=0),  # (N,)
             "correct": correct,
             "seen": seen,
-            "losses": torch.stack(step_losses) if step_losses else torch.zeros(0, n),
+            "losses": losses,
             "lrs": [_median_lr(lr) for lr in lrs],
         }
 
-    def update(self, x: Tensor, y: Tensor, *, shared: bool = False) -> tuple[Tensor, Tensor]:
-        """One update on the mini-batch; returns the ``(N,)`` losses and ``(N, batch, out)``
-        outputs (detached). ``x``: ``(N, batch, ...)``, or ``(batch, ...)`` when ``shared``."""
+    def update(self, x: Tensor, y: Tensor, *, shared: bool = False) -> tuple[Tensor, Tensor | None]:
+        """One update on the mini-batch; returns the ``(N,)`` losses (detached) and, for
+        classification, the predicted classes ``(N, batch)`` (``(batch,)`` for one network).
+        ``x``: ``(N, batch, ...)``, or ``(batch, ...)`` when ``shared`` and for one network
+        (``y`` likewise)."""
         # Nothing here reads a device value back to the host (tests/test_device.py counts):
         # on an accelerator the update is queued while the host prepares the next one.
         self.optimizer.zero_grad()
         with self._autocast():
             output = self.net.train_outputs(x, shared)
         output = _widened(output)  # the loss in float32 whatever the precision
-        target = y.expand(self.n, *y.shape) if shared else y
-        losses = per_member_loss(output, target, self.task)  # (N,)
-        # Summed: member k's parameters only reach member k's loss, so each gets its own
-        # gradient (a NaN loss of one member back-propagates ones, not NaN, to the others).
+        if self.stacked:
+            target = y.expand(self.n, *y.shape) if shared else y
+            losses = per_member_loss(output, target, self.task)  # (N,)
+            # Summed: member k's parameters only reach member k's loss, so each gets its own
+            # gradient (a NaN loss of one member back-propagates ones, not NaN, to the others).
+            loss = losses.sum()
+        else:  # one network: the loss as a textbook loop computes it (one fused kernel)
+            loss = self._loss_fn(output, y)
+            losses = loss.detach().view(1)
         scaler = self.scaler
-        (scaler.scale(losses.sum()) if scaler is not None else losses.sum()).backward()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:
             scaler.unscale_(self.optimizer)  # noise and clipping act on the true gradient
-        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
-        if self.config.grad_noise:
-            self._add_gradient_noise(grads)
-        if self.stacked:
-            self._freeze_retired(grads)
+        if self.config.grad_noise or self.stacked:
+            grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+            if self.config.grad_noise:
+                self._add_gradient_noise(grads)
+            if self.stacked:
+                self._freeze_retired(grads)
         if scaler is not None:
             scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
             scaler.update()
@@ -468,7 +490,9 @@ class Trainer:
         if self.schedule is not None:
             self.schedule.step()
         self.step += 1
-        return losses.detach(), output.detach()
+        # (argmax records nothing for autograd: integers have no gradient)
+        predicted = output.argmax(dim=-1) if self.task == "classification" else None
+        return losses.detach(), predicted
 
     def _freeze_retired(self, grads: Sequence[Tensor]) -> None:
         # A member that has diverged stops where a one-member run would have stopped: its
