@@ -7,6 +7,9 @@ each cell is the best over ``--repeats`` (the least disturbed run: the machine m
 ``--cpu-time`` counts the process's CPU time instead of wall time, which other processes on a
 loaded machine disturb less). Columns:
 
+Each repeat starts with another contender. On a shared machine the noise floor is a few
+per cent: two runs of the same hand-written loop differ by that much.
+
 * ``hand-written``: ``zero_grad, forward, cross_entropy, backward, step`` over a
   ``randperm`` per epoch; no metrics at all (the cheapest loop one can write).
 * ``ravine loop``: :meth:`ravine.train.trainer.Trainer.run_epoch`, the inner loop of
@@ -143,9 +146,11 @@ def main() -> None:
             contender(dataclasses.replace(config, epochs=1), splits, device)
         rates: dict[str, list[float]] = {name: [] for name in CONTENDERS}
         updates = 0
-        for _ in range(args.repeats):
-            for name, contender in CONTENDERS.items():
-                seconds, updates = contender(config, splits, device)
+        names = list(CONTENDERS)
+        for repeat in range(args.repeats):
+            # Each repeat starts with another contender: no one always runs after another.
+            for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+                seconds, updates = CONTENDERS[name](config, splits, device)
                 rates[name].append(updates / seconds)
         best = {name: max(values) for name, values in rates.items()}
         hand = best["hand-written"]

@@ -141,3 +141,29 @@ def test_bad_arguments_name_themselves():
         RavineCallback(curvature_every=5)
     with pytest.raises(ValueError, match="curvature_every must be an integer >= 0, got -1"):
         RavineCallback(curvature_every=-1, loss_fn=F.cross_entropy)
+
+
+def test_a_resumed_fit_keeps_what_was_recorded(tmp_path):
+    first = RavineCallback(curvature_every=4, loss_fn=F.cross_entropy, out_dir=tmp_path / "r")
+    trainer, _ = _fit(tmp_path, first, epochs=1)
+    trainer.save_checkpoint(tmp_path / "one.ckpt")
+    second = RavineCallback(curvature_every=4, loss_fn=F.cross_entropy, out_dir=tmp_path / "r")
+    x, y = _data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    resumed = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[second],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        resumed.fit(Tiny(), loader, ckpt_path=tmp_path / "one.ckpt")
+    assert [r.step for r in second.health.monitor.history] == list(range(1, 9))
+    assert [r.step for r in second.tracker.records] == [4, 8]
+    norms, _ = _reference()
+    recorded = [r.layers["net.0"].grad_norm for r in second.health.monitor.history]
+    assert recorded == pytest.approx(norms, rel=1e-5)  # the fit went on where it stopped

@@ -327,7 +327,7 @@ class _Run:
             def on_step(losses: Tensor, epoch: int = epoch) -> None:
                 if trainer.step % self.progress_every and trainer.step != total:
                     return
-                loss = outputs.median(losses.tolist())  # a host sync: only every K updates
+                loss = outputs.median(losses.view(-1).tolist())  # a host sync: every K updates
                 on_progress({"step": trainer.step, "total": total, "epoch": epoch, "loss": loss})
 
             def after_update(step: int) -> None:

@@ -395,7 +395,8 @@ class Trainer:
 
         Returns ``(N,)`` device tensors ``loss_sum`` and ``correct``, ``seen`` (examples),
         ``losses`` ``(updates, N)`` and ``lrs`` (the lr after each update). ``on_step(losses)``
-        gets each update's ``(N,)`` mini-batch losses, ``after_update(step)`` the step count.
+        gets each update's mini-batch losses (``(N,)``, or ``()`` for one network),
+        ``after_update(step)`` the step count.
         """
         config, n = self.config, self.n
         size = len(x_train)
@@ -428,7 +429,8 @@ class Trainer:
                 after_update(self.step)
             if on_step is not None:
                 on_step(losses)
-        losses = torch.stack(step_losses) if step_losses else torch.zeros(0, n, device=self.device)
+        losses = torch.stack(step_losses).view(-1, n) if step_losses else torch.zeros(0, n)
+        losses = losses.to(self.device)
         batches = torch.full((len(step_losses), 1), float(config.batch_size), device=self.device)
         if step_losses and seen % config.batch_size and len(step_losses) == per_epoch:
             batches[-1] = seen % config.batch_size  # the epoch's last, smaller batch
@@ -446,8 +448,9 @@ class Trainer:
         }
 
     def update(self, x: Tensor, y: Tensor, *, shared: bool = False) -> tuple[Tensor, Tensor | None]:
-        """One update on the mini-batch; returns the ``(N,)`` losses (detached) and, for
-        classification, the predicted classes ``(N, batch)`` (``(batch,)`` for one network).
+        """One update on the mini-batch; returns the ``(N,)`` losses (detached; ``()`` for one
+        network) and, for classification, the predicted classes ``(N, batch)`` (``(batch,)``
+        for one network).
         ``x``: ``(N, batch, ...)``, or ``(batch, ...)`` when ``shared`` and for one network
         (``y`` likewise)."""
         # Nothing here reads a device value back to the host (tests/test_device.py counts):
@@ -464,7 +467,7 @@ class Trainer:
             loss = losses.sum()
         else:  # one network: the loss as a textbook loop computes it (one fused kernel)
             loss = self._loss_fn(output, y)
-            losses = loss.detach().view(1)
+            losses = loss.detach()  # () here; (1,) once the epoch's losses are stacked
         scaler = self.scaler
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if scaler is not None:
@@ -492,7 +495,7 @@ class Trainer:
         self.step += 1
         # (argmax records nothing for autograd: integers have no gradient)
         predicted = output.argmax(dim=-1) if self.task == "classification" else None
-        return losses.detach(), predicted
+        return (losses.detach() if self.stacked else losses), predicted
 
     def _freeze_retired(self, grads: Sequence[Tensor]) -> None:
         # A member that has diverged stops where a one-member run would have stopped: its
