@@ -225,3 +225,16 @@ def test_the_cli_refuses_an_absent_device_in_one_line(tmp_path):
         assert done.stderr.strip().splitlines() == [done.stderr.strip()]
         assert done.stderr.startswith(expected), done.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_the_cli_trains_in_the_precision_it_is_given(tmp_path, capsys):
+    from ravine.cli.main import main
+    from ravine.train.config import tomllib
+
+    out = tmp_path / "bf16"
+    argv = ["train", "--epochs", "1", "--batch-size", "256", "--device", "cpu"]
+    assert main([*argv, "--precision", "bf16", "--out", str(out)]) == 0, capsys.readouterr().err
+    assert tomllib.loads((out / "config.toml").read_text())["training"]["precision"] == "bf16"
+    # The same folder resumes only in bf16: another precision is another run.
+    assert main([*argv, "--precision", "fp16", "--out", str(out)]) == 2
+    assert "training.precision = 'bf16' there, 'fp16' here" in capsys.readouterr().err

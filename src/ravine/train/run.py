@@ -137,15 +137,16 @@ def _user_parts(path: Path, config: TrainConfig, model, data):
 
     recorded = dict(config.user)
     for key, given in (("model", model), ("data", data)):
+        what = "a model" if key == "model" else "data"
         if key in recorded and given is None:
             raise ConfigError(
-                f"{path} was trained on a {key} given from Python ([user] {key} in its "
+                f"{path} was trained on {what} given from Python ([user] {key} in its "
                 f"config.toml), which its folder cannot rebuild; load it from Python with "
                 f"ravine.train.run.load_run({str(path)!r}, model=..., data=...) and use the "
                 "ravine.probe instruments on run.model"
             )
         if key not in recorded and given is not None:
-            raise ConfigError(f"{path} was not trained on a {key} given from Python")
+            raise ConfigError(f"{path} was not trained on {what} given from Python")
     splits = network = None
     if data is not None:
         try:
