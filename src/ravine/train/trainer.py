@@ -402,8 +402,9 @@ class Trainer:
         size = len(x_train)
         x_train = x_train.reshape(size, *self.input_shape)  # (once: a view per update costs)
         per_epoch = math.ceil(size / config.batch_size)
-        orders = torch.stack([torch.randperm(size, generator=g) for g in self.data_gens])
-        orders = orders.to(self.device)  # (N or 1, size)
+        draws = [torch.randperm(size, generator=g) for g in self.data_gens]
+        orders = (draws[0][None] if len(draws) == 1 else torch.stack(draws)).to(self.device)
+        # orders: (N or 1, size)
         shared = len(self.data_gens) == 1 and n > 1
         one_order = orders[0] if shared or not self.stacked else None  # (size,)
         # Per update only what the epoch's metrics need, on the device: the (N,) losses and
@@ -412,6 +413,7 @@ class Trainer:
         predictions: list[Tensor] = []
         lrs: list[float | Tensor] = []  # read once, at the end of the epoch
         seen, batch_size = 0, config.batch_size
+        sizes: list[int] = []  # examples per update, for the epoch's mean loss
         for i in range(per_epoch):
             if self.step >= self.total:
                 break
@@ -422,25 +424,28 @@ class Trainer:
             losses, predicted = self.update(x, y, shared=shared)
             step_losses.append(losses)
             lrs.append(self._lr_now())  # after the schedule
-            seen += index.shape[-1]
+            sizes.append(index.shape[-1])
+            seen += sizes[-1]
             if predicted is not None:
                 predictions.append(predicted)
             if after_update is not None:
                 after_update(self.step)
             if on_step is not None:
                 on_step(losses)
-        losses = torch.stack(step_losses).view(-1, n) if step_losses else torch.zeros(0, n)
-        losses = losses.to(self.device)
-        batches = torch.full((len(step_losses), 1), float(config.batch_size), device=self.device)
-        if step_losses and seen % config.batch_size and len(step_losses) == per_epoch:
-            batches[-1] = seen % config.batch_size  # the epoch's last, smaller batch
+        if step_losses:
+            losses = torch.stack(step_losses).view(-1, n)  # (updates, N)
+            weights = torch.tensor(sizes, dtype=losses.dtype).to(self.device, non_blocking=True)
+            loss_sum = weights @ losses  # (N,): each update's mean loss times its batch
+        else:
+            losses = torch.zeros(0, n, device=self.device)
+            loss_sum = torch.zeros(n, device=self.device)
         correct = torch.zeros(n, dtype=torch.int64, device=self.device)
         if predictions:
             targets = y_train[orders[:, :seen]]  # (N or 1, seen): the examples, in order
             predicted = torch.cat(predictions, dim=-1).view(-1, seen)  # (N, seen)
             correct = (predicted == targets).sum(dim=1)
         return {
-            "loss_sum": (losses * batches).sum(dim=0),  # (N,)
+            "loss_sum": loss_sum,
             "correct": correct,
             "seen": seen,
             "losses": losses,
