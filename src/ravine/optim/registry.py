@@ -6,6 +6,9 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
+import torch
+
+from ravine.arguments import OPTIMIZER_ARGUMENTS, parse_value
 from ravine.optim.engine import ChainOptimizer
 from ravine.optim.optimizers import SGD, Adagrad, Adam, AdamW, Momentum, NAdam, Nesterov, RMSprop
 
@@ -53,7 +56,20 @@ def make_optimizer(name: str, params: Iterable[Any], **hyperparams: Any) -> Chai
             f"unknown hyperparameter {unknown[0]!r} for optimizer {name!r}; "
             f"valid: {', '.join(valid)}"
         )
+    dtype = hyperparams.get("state_dtype")
+    if isinstance(dtype, str):  # a config file or the CLI names it: "float32"
+        hyperparams["state_dtype"] = _dtype(dtype)
     return optimizer_class(name)(params, **hyperparams)
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None) if name in STATE_DTYPES else None
+    if dtype is None:
+        raise ValueError(f"state_dtype must be one of {', '.join(STATE_DTYPES)}; got {name!r}")
+    return dtype
+
+
+STATE_DTYPES = ("float32", "float64", "bfloat16", "float16")  # by name, as configs write them
 
 
 def parse_optimizer_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -77,7 +93,7 @@ def parse_optimizer_spec(spec: str) -> tuple[str, dict[str, Any]]:
             raise ValueError(
                 f"set betas in {spec!r} as beta1=...,beta2=... (commas separate options)"
             )
-        value = _parse_value(raw.strip(), key)
+        value = _parse_value(raw.strip(), key, name)
         if key in ("beta1", "beta2"):
             betas[int(key[-1]) - 1] = value
             continue
@@ -101,17 +117,7 @@ def parse_optimizer_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, kwargs
 
 
-def _parse_value(raw: str, key: str) -> Any:
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered == "none":
-        return None
-    for convert in (int, float):
-        try:
-            return convert(raw)
-        except ValueError:
-            pass
-    if key in ("nonfinite", "engine"):  # the options whose values are names
-        return raw
-    raise ValueError(f"value of {key!r} must be a number, true/false or none; got {raw!r}")
+def _parse_value(raw: str, key: str, name: str | None = None) -> Any:
+    # The CLI's reading (ravine.arguments): by the kind of the hyperparameter where it is known.
+    kind = OPTIMIZER_ARGUMENTS.get(name, {}).get(key) if name else None
+    return parse_value(raw, key, kind)
