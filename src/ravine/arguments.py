@@ -22,9 +22,28 @@ from typing import Any
 # str: any text; path: a file or folder; one of a|b|c: a name; schedule: a schedule table.
 # A trailing "?" means none is allowed too.
 
-_FLAGS = {k: "bool" for k in ("maximize", "differentiable", "decoupled_weight_decay")}
-_TORCH_FLAGS = {k: "bool?" for k in ("foreach", "fused", "compile")}
-_RUN = {
+#: The kind of every optimizer hyperparameter (one key means one thing in every optimizer).
+HYPERPARAMETER_KINDS: dict[str, str] = {
+    "lr": "number",
+    "momentum": "number",
+    "dampening": "number",
+    "weight_decay": "number",
+    "nesterov": "bool",
+    "lr_decay": "number",
+    "initial_accumulator_value": "number",
+    "eps": "number",
+    "alpha": "number",
+    "centered": "bool",
+    "betas": "pair",
+    "amsgrad": "bool",
+    "momentum_decay": "number",
+    "maximize": "bool",
+    "capturable": "bool",
+    "differentiable": "bool",
+    "decoupled_weight_decay": "bool",
+    "foreach": "bool?",
+    "fused": "bool?",
+    "compile": "bool?",
     "max_grad_norm": "number?",
     "clip_value": "number?",
     "members": "integer?",
@@ -32,60 +51,167 @@ _RUN = {
     "engine": "one of auto|simple|flat",
     "state_dtype": "one of float32|float64|bfloat16|float16?",
 }
-_SGD = {
-    "lr": "number",
-    "momentum": "number",
-    "dampening": "number",
-    "weight_decay": "number",
-    "nesterov": "bool",
+# In the order of the optimizers' signatures (ravine.optim.hyperparameter_names).
+_NAMES: dict[str, tuple[str, ...]] = {
+    "sgd": (
+        "lr",
+        "momentum",
+        "dampening",
+        "weight_decay",
+        "nesterov",
+        "maximize",
+        "foreach",
+        "differentiable",
+        "fused",
+        "decoupled_weight_decay",
+        "max_grad_norm",
+        "clip_value",
+        "members",
+        "nonfinite",
+        "engine",
+        "compile",
+        "state_dtype",
+    ),
+    "momentum": (
+        "lr",
+        "momentum",
+        "dampening",
+        "weight_decay",
+        "nesterov",
+        "maximize",
+        "foreach",
+        "differentiable",
+        "fused",
+        "decoupled_weight_decay",
+        "max_grad_norm",
+        "clip_value",
+        "members",
+        "nonfinite",
+        "engine",
+        "compile",
+        "state_dtype",
+    ),
+    "nesterov": (
+        "lr",
+        "momentum",
+        "dampening",
+        "weight_decay",
+        "nesterov",
+        "maximize",
+        "foreach",
+        "differentiable",
+        "fused",
+        "decoupled_weight_decay",
+        "max_grad_norm",
+        "clip_value",
+        "members",
+        "nonfinite",
+        "engine",
+        "compile",
+        "state_dtype",
+    ),
+    "adagrad": (
+        "lr",
+        "lr_decay",
+        "weight_decay",
+        "initial_accumulator_value",
+        "eps",
+        "foreach",
+        "maximize",
+        "differentiable",
+        "fused",
+        "decoupled_weight_decay",
+        "max_grad_norm",
+        "clip_value",
+        "members",
+        "nonfinite",
+        "engine",
+        "compile",
+        "state_dtype",
+    ),
+    "rmsprop": (
+        "lr",
+        "alpha",
+        "eps",
+        "weight_decay",
+        "momentum",
+        "centered",
+        "capturable",
+        "foreach",
+        "maximize",
+        "differentiable",
+        "decoupled_weight_decay",
+        "max_grad_norm",
+        "clip_value",
+        "members",
+        "nonfinite",
+        "engine",
+        "compile",
+        "state_dtype",
+    ),
+    "adam": (
+        "lr",
+        "betas",
+        "eps",
+        "weight_decay",
+        "amsgrad",
+        "foreach",
+        "maximize",
+        "capturable",
+        "differentiable",
+        "fused",
+        "decoupled_weight_decay",
+        "max_grad_norm",
+        "clip_value",
+        "members",
+        "nonfinite",
+        "engine",
+        "compile",
+        "state_dtype",
+    ),
+    "adamw": (
+        "lr",
+        "betas",
+        "eps",
+        "weight_decay",
+        "amsgrad",
+        "foreach",
+        "maximize",
+        "capturable",
+        "differentiable",
+        "fused",
+        "decoupled_weight_decay",
+        "max_grad_norm",
+        "clip_value",
+        "members",
+        "nonfinite",
+        "engine",
+        "compile",
+        "state_dtype",
+    ),
+    "nadam": (
+        "lr",
+        "betas",
+        "eps",
+        "weight_decay",
+        "momentum_decay",
+        "decoupled_weight_decay",
+        "foreach",
+        "maximize",
+        "capturable",
+        "differentiable",
+        "max_grad_norm",
+        "clip_value",
+        "members",
+        "nonfinite",
+        "engine",
+        "compile",
+        "state_dtype",
+    ),
 }
-_ADAM = {
-    "lr": "number",
-    "betas": "pair",
-    "eps": "number",
-    "weight_decay": "number",
-    "amsgrad": "bool",
-    "capturable": "bool",
-}
-
-#: Every optimizer's hyperparameters (``ravine.optim.hyperparameter_names`` order aside).
+#: Every optimizer's hyperparameters and their kinds.
 OPTIMIZER_ARGUMENTS: dict[str, dict[str, str]] = {
-    "sgd": {**_SGD, **_FLAGS, **_TORCH_FLAGS, **_RUN},
-    "momentum": {**_SGD, **_FLAGS, **_TORCH_FLAGS, **_RUN},
-    "nesterov": {**_SGD, **_FLAGS, **_TORCH_FLAGS, **_RUN},
-    "adagrad": {
-        "lr": "number",
-        "lr_decay": "number",
-        "weight_decay": "number",
-        "initial_accumulator_value": "number",
-        "eps": "number",
-        **_FLAGS,
-        **_TORCH_FLAGS,
-        **_RUN,
-    },
-    "rmsprop": {
-        "lr": "number",
-        "alpha": "number",
-        "eps": "number",
-        "weight_decay": "number",
-        "momentum": "number",
-        "centered": "bool",
-        "capturable": "bool",
-        "foreach": "bool?",
-        "compile": "bool?",
-        **_FLAGS,
-        **_RUN,
-    },
-    "adam": {**_ADAM, **_FLAGS, **_TORCH_FLAGS, **_RUN},
-    "adamw": {**_ADAM, **_FLAGS, **_TORCH_FLAGS, **_RUN},
-    "nadam": {
-        **{k: v for k, v in _ADAM.items() if k != "amsgrad"},
-        "momentum_decay": "number",
-        "foreach": "bool?",
-        "compile": "bool?",
-        **_FLAGS,
-        **_RUN,
-    },
+    name: {key: HYPERPARAMETER_KINDS[key] for key in keys} for name, keys in _NAMES.items()
 }
 DEFAULT_BETAS = (0.9, 0.999)  # every optimizer with betas starts from torch's Adam default
 #: Hyperparameters a training run sets itself: restarts and trials are its members.
@@ -181,7 +307,7 @@ def parse_value(raw: str, key: str, kind: str | None = None) -> Any:
                 tuple(_number(p) for p in parts) if base == "pair" else [_number(p) for p in parts]
             )
         except ValueError:
-            what = "two numbers, e.g. 0.9,0.999" if base == "pair" else "numbers separated by ,"
+            what = _describe(base)
             raise ValueError(f"{key} must be {what}; got {raw!r}") from None
     lowered = text.lower()
     if lowered in ("true", "false"):
@@ -212,7 +338,7 @@ def _describe(kind: str | None) -> str:
         "number": "a number",
         "integer": "an integer",
         "bool": "true or false",
-        "pair": "two numbers, e.g. 0.9,0.999",
+        "pair": "a pair of numbers (beta1, beta2), e.g. 0.9,0.999",
         "numbers": "numbers separated by ,",
         "str": "text",
         "path": "a path",
@@ -279,7 +405,7 @@ def parse_optimizer_args(
         if key in ("beta1", "beta2") and "betas" in kinds:
             betas[int(key[-1]) - 1] = parse_value(raw, key, "number")
         else:
-            args[key] = parse_value(raw, key, kinds.get(key))
+            args[key] = parse_value(raw, key, kinds.get(key, "str"))
     if betas:
         if "betas" in args:
             raise ValueError("give betas=B1,B2 or beta1=/beta2=, not both")
@@ -288,6 +414,35 @@ def parse_optimizer_args(
             current[i] = value
         args["betas"] = tuple(current)
     return args
+
+
+def parse_optimizer_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Parse ``"adam:lr=0.01,beta2=0.99,amsgrad=true"`` into ``("adam", {...})``.
+
+    Values are read by the hyperparameter's kind (bool ``true``/``false``, numbers, ``none``
+    where allowed, names); ``beta1``/``beta2`` set one entry of ``betas``. The name and keys
+    are checked against the registry.
+    """
+    name, _, rest = spec.partition(":")
+    name = name.strip().lower()
+    kinds = optimizer_arguments(name)
+    pairs = []
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ValueError(f"optimizer option {item!r} in {spec!r} is not key=value")
+        if key == "betas" and "betas" in kinds:
+            # "betas=0.9,0.99" has already been split at the comma
+            raise ValueError(
+                f"set betas in {spec!r} as beta1=...,beta2=... (commas separate options)"
+            )
+        if key in ("beta1", "beta2") and "betas" not in kinds:
+            raise ValueError(f"optimizer {name!r} has no betas; beta1/beta2 do not apply")
+        pairs.append((key, raw.strip()))
+    kwargs = parse_optimizer_args(name, pairs)
+    check_optimizer_args(name, kwargs)
+    return name, kwargs
 
 
 def check_optimizer_args(name: str, args: Mapping[str, Any], *, run: bool = False) -> None:
@@ -325,7 +480,7 @@ def parse_schedule_args(name: str, pairs: Iterable[tuple[str, str]]) -> dict[str
         elif kinds.get(key, "").startswith("schedule") and isinstance(args.get(key), dict):
             args[key] = {**args[key], **parse_value(raw, key, kinds[key])}
         else:
-            args[key] = parse_value(raw, key, kinds.get(key))
+            args[key] = parse_value(raw, key, kinds.get(key, "str"))
     return args
 
 
@@ -369,7 +524,7 @@ def dataset_arguments(name: str) -> dict[str, str]:
 
 def parse_dataset_args(name: str, pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     kinds = dataset_arguments(name)
-    return {key: parse_value(raw, key, kinds.get(key)) for key, raw in pairs}
+    return {key: parse_value(raw, key, kinds.get(key, "str")) for key, raw in pairs}
 
 
 def check_dataset(name: str, args: Mapping[str, Any]) -> None:

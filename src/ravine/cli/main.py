@@ -190,6 +190,13 @@ def compare(
     )
     if image_format not in ("png", "svg"):
         raise UsageFailure(f"--format must be png or svg, got {image_format!r}")
+    from ravine.arguments import parse_optimizer_spec  # torch-free: a typo fails at once
+
+    for spec in opt or ():
+        try:
+            parse_optimizer_spec(spec)
+        except ValueError as error:
+            raise UsageFailure(str(error)) from None
     import time
 
     out = out or Path("ravine-runs") / time.strftime("compare-%Y%m%d-%H%M%S")
@@ -435,18 +442,19 @@ def _with_pairs(run, config: Path | None, lr: float | None, data: Path | None, p
     import dataclasses
 
     from ravine import arguments
-    from ravine.train.config import load_config
+    from ravine.train.config import TrainConfig, file_fields
 
     # A flag that names another schedule or data set drops the file's arguments for the old one.
-    file_run = load_config(config)
+    written = file_fields(config)
+    file_dataset = written.get("dataset", TrainConfig.dataset)
     changes: dict = {}
     if data is not None:
-        kept = run.dataset_args if file_run.dataset == "file" else {}
+        kept = run.dataset_args if file_dataset == "file" else {}
         kept = {k: v for k, v in kept.items() if k not in ("path", "sha256")}
         changes.update(dataset="file", dataset_args={**kept, "path": os.fspath(data)})
-    elif run.dataset != file_run.dataset:
+    elif run.dataset != file_dataset:
         changes["dataset_args"] = {}
-    if run.schedule != file_run.schedule:
+    if run.schedule != written.get("schedule"):
         changes["schedule_args"] = {}
     run = dataclasses.replace(run, **changes) if changes else run
 

@@ -49,10 +49,11 @@ def load_tune_config(
 ):
     """The :class:`ravine.study.tune.TuneConfig` of a command line, or one line and exit 2."""
     from ravine.study.tune import TuneConfig
-    from ravine.train import ConfigError, load_config
+    from ravine.train.config import ConfigError, check_arguments, load_config
 
     try:
         train = load_config(path, **{k: v for k, v in train_overrides.items() if v is not None})
+        check_arguments(train)  # before torch: names, keys and kinds (ravine.arguments)
     except (ConfigError, ValueError) as error:
         raise UsageFailure(str(error)) from None
     if train.val_fraction == 0:

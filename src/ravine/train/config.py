@@ -210,6 +210,14 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
         raise ConfigError(f"{source}: {error}" if path is not None else str(error)) from None
 
 
+def file_fields(path: str | Path | None) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields a config file sets, as written (no defaults, no checks
+    across fields): what a flag overrides. ``{}`` without a file."""
+    if path is None:
+        return {}
+    return _fields_from_tables(_read_toml(path, str(path)), str(path))
+
+
 def _read_toml(path: str | Path, source: str) -> dict[str, Any]:
     """The TOML document at ``path``; ``ConfigError`` for every way a file can be unusable."""
     try:
