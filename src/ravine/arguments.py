@@ -373,7 +373,8 @@ def check_value(key: str, value: Any, kind: str, where: str) -> None:
         name = value.get("name")
         if not isinstance(name, str):
             raise ValueError(f"{where}: {key} must name its schedule, got {value!r}")
-        check_schedule(name, {k: v for k, v in value.items() if k != "name"}, f"{where}: {key}")
+        inner = {k: v for k, v in value.items() if k != "name"}
+        check_schedule(name, inner, f"{where}: {key}", prefix=f"{key}.")
 
 
 def _is_number(value: Any) -> bool:
@@ -491,7 +492,12 @@ def _schedule_kinds(name: str) -> dict[str, str]:
 
 
 def check_schedule(
-    name: str, args: Mapping[str, Any], where: str = "schedule", *, filled: bool = False
+    name: str,
+    args: Mapping[str, Any],
+    where: str = "schedule",
+    *,
+    filled: bool = False,
+    prefix: str = "",
 ) -> None:
     """``ValueError`` for an unknown schedule or argument, a missing required argument
     (``filled``: the trainer fills the run's length in, see :data:`FILLED_BY_THE_RUN`) or a
@@ -508,7 +514,8 @@ def check_schedule(
             if filled and FILLED_BY_THE_RUN.get(name) == key:
                 continue
             raise ValueError(
-                f"{where} {name!r} needs {key} ({_describe(kind)}), e.g. --schedule-arg {key}=..."
+                f"{where} {name!r} needs {key} ({_describe(kind)}), "
+                f"e.g. --schedule-arg {prefix}{key}=..."
             )
 
 
