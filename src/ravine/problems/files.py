@@ -8,7 +8,7 @@ reproducibility. What it reads, by the path:
   and ``y`` (split here). ``x`` is ``(n, *features)`` numbers; ``(n, H, W)`` or
   ``(n, C, H, W)`` are images, which a CNN sees as such.
 - ``.npy``: one 2-D array ``(n, features + 1)``; the label is the last column, or column
-  ``label=INDEX``.
+  ``label=INDEX``; whole numbers there are class labels.
 - ``.csv``: a header row, then one row per example; column ``label`` (or ``label=COLUMN``) is the
   target, every other column a numeric feature.
 - ``.parquet``: like CSV (needs pyarrow: ``pip install -e ".[data]"``).
@@ -176,7 +176,12 @@ def _read_npy(path: Path, label: str | int | None) -> Arrays:
             f"{path}: expected a 2-D array (examples, features + label), got shape {table.shape}"
         )
     column = -1 if label is None else _column_index(label, table.shape[1], path)
-    return np.delete(table, column, axis=1), table[:, column]
+    y = table[:, column]
+    # One array has one dtype, so labels beside float features are floats too: whole
+    # numbers are read as class labels (task="regression" reads them as numbers).
+    if y.dtype.kind == "f" and np.isfinite(y).all() and np.array_equal(y, np.round(y)):
+        y = y.astype(np.int64)
+    return np.delete(table, column, axis=1), y
 
 
 def _column_index(label: str | int, width: int, path: Path) -> int:
