@@ -118,6 +118,13 @@ def test_image_folders(tmp_path):
     image_folder(split / "test", per_class=1)
     ds = read_file(split)
     assert (ds.n_train, ds.n_test) == (8, 2)
+    before = digest(split)
+    (split / "train" / ".DS_Store").write_bytes(b"desktop")  # hidden: neither read nor hashed
+    assert digest(split) == before
+    from PIL import Image
+
+    Image.new("L", (5, 4), 99).save(split / "train" / "cat" / "0.png")
+    assert digest(split) != before
 
 
 def _bad(tmp_path):

@@ -121,17 +121,23 @@ def read_file(
 
 
 def digest(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file, or of a folder: its files' relative paths and contents, in order."""
+    """SHA-256 of a file, or of a folder: its files' relative paths and contents, in order
+    (hidden files, such as a desktop's ``.DS_Store``, left out, as the reader leaves them)."""
     where = Path(path).expanduser()
     if where.is_file():
         return _file_sha(where)
     if not where.is_dir():
         raise FileNotFoundError(f"{where}: no such file or folder")
     total = hashlib.sha256()
-    for file in sorted(p for p in where.rglob("*") if p.is_file()):
+    files = (p for p in where.rglob("*") if p.is_file())
+    for file in sorted(p for p in files if not _hidden(p.relative_to(where))):
         total.update(file.relative_to(where).as_posix().encode("utf-8", "surrogateescape"))
         total.update(b"\0" + _file_sha(file).encode() + b"\n")
     return total.hexdigest()
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
 
 
 def _file_sha(path: Path) -> str:
