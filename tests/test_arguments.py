@@ -277,6 +277,7 @@ BAD = [
     ["train", "--dataset", "mnist"],
     ["train", "--data-arg", "root=."],
     ["train", "--data", "nowhere.csv"],
+    ["train", "--data", "notes.txt"],
     ["train", "--data", "x.csv", "--dataset", "digits"],
     ["train", "--threads", "0"],
     ["compare", "--opt", "adam:beta3=0.9"],
@@ -302,6 +303,7 @@ def test_bad_input_of_every_command_exits_2_before_torch_is_imported(tmp_path):
     lines = shown.stderr.splitlines()
     assert len(lines) == len(BAD) and all(line.startswith("error: ") for line in lines), lines
     assert "Traceback" not in shown.stderr
+    assert "cannot read .txt" in lines[16]
     assert "needs gamma" in lines[8] and "then 'cosine' needs t_max" in lines[9], lines
 
 

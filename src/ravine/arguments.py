@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 # ----------------------------------------------------------------------------- kinds
@@ -283,6 +284,9 @@ DATASET_ARGUMENTS: dict[str, dict[str, str]] = {
 }
 
 
+#: The files ``--data PATH`` reads (besides folders of images): see ravine.problems.files.
+DATA_SUFFIXES = (".npz", ".npy", ".csv", ".parquet")
+
 # ----------------------------------------------------------------------------- values
 
 
@@ -546,6 +550,14 @@ def check_dataset(name: str, args: Mapping[str, Any]) -> None:
         check_value(key, value, kinds[key], f"[data] {name!r}")
         if _is_number(value) and not math.isfinite(value):
             raise ValueError(f"[data] {name!r}: {key} must be finite, got {value!r}")
+    path = args.get("path") if name == "file" else None
+    if isinstance(path, str) and not Path(path).expanduser().is_dir():
+        suffix = Path(path).suffix.lower()
+        if suffix not in DATA_SUFFIXES:
+            raise ValueError(
+                f"[data] path: cannot read {suffix or 'a file without a suffix'} ({path}); "
+                f"ravine reads {', '.join(DATA_SUFFIXES)} files and folders of images"
+            )
     for key, kind in kinds.items():
         if kind.endswith("required") and key not in args:
             hint = "--data PATH" if key == "path" else f"--data-arg {key}=..."

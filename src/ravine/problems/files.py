@@ -46,11 +46,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ravine.arguments import DATA_SUFFIXES
 from ravine.problems.data import Dataset, _check_seed
 
 __all__ = ["IMAGE_SUFFIXES", "TABLE_SUFFIXES", "digest", "read_file"]
 
-TABLE_SUFFIXES = (".npz", ".npy", ".csv", ".parquet")
+TABLE_SUFFIXES = DATA_SUFFIXES  # (".npz", ".npy", ".csv", ".parquet"), checked before torch too
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _TASKS = ("classification", "regression")
 
