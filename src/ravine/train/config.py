@@ -436,7 +436,8 @@ def check_arguments(config: TrainConfig) -> None:
             arguments.check_schedule(config.schedule, config.schedule_args, filled=True)
         if "path" in config.dataset_args and config.dataset != "file":
             raise ValueError(
-                f"[data] path names your own file; it does not go with name = {config.dataset!r}"
+                f"[data] path names your own file (--data PATH); it does not go with "
+                f"name = {config.dataset!r}"
             )
         arguments.check_dataset(config.dataset, config.dataset_args)
     except ValueError as error:
