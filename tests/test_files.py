@@ -253,3 +253,11 @@ def test_train_on_an_image_folder_and_a_regression_table(tmp_path, monkeypatch, 
     argv = ["train", "--data", "r.csv", "--data-arg", "label=y", "--epochs", "1", "--out", "q"]
     assert main([*argv, "--threads", "1"]) == 0, capsys.readouterr().err
     assert "test_loss" in capsys.readouterr().out
+
+
+def test_tune_on_a_file_with_fixed_hyperparameters(files, monkeypatch, capsys):
+    monkeypatch.chdir(files)
+    argv = ["tune", "--data", "xy.npz", "--opt-arg", "beta2=0.99", "--trials", "2", "--batch", "2"]
+    assert main([*argv, "--epochs", "1", "--out", "t"]) == 0, capsys.readouterr().err
+    best = (files / "t" / "best.toml").read_text()
+    assert "betas = [0.9, 0.99]" in best and f'sha256 = "{digest(files / "xy.npz")}"' in best
