@@ -330,8 +330,7 @@ def parse_value(raw: str, key: str, kind: str | None = None) -> Any:
 
 
 def _number(text: str) -> float:
-    value = float(text)  # "nan" and "inf" read as numbers; the registries refuse them by name
-    return value
+    return float(text)  # "nan" and "inf" read as numbers; the registries refuse them by name
 
 
 def _describe(kind: str | None) -> str:
