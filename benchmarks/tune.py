@@ -10,7 +10,8 @@ sampler from one seed), the same engine, the same process, taking turns:
   with ``batch=N`` against ``batch=1``, without and with a pruner (successive halving).
 
 One intra-op thread on both sides, as ``ravine tune`` uses for small networks. Each cell is
-the fastest of ``--repeats`` runs (the machine may be shared); the ratio is the speed-up.
+the fastest of ``--repeats`` runs, the two sides taking turns (the machine may be shared);
+the ratio is the speed-up.
 
     python benchmarks/tune.py                    # 64 trials, 20 epochs
     python benchmarks/tune.py --trials 16 --epochs 2 --repeats 1 --engine flat
@@ -49,13 +50,16 @@ def sampled_members(config: TrainConfig, n: int) -> list[Member]:
     return [Member(config.seed, hyperparameters("adam", t.params)[0]) for t in trials]
 
 
-def best_of(repeats: int, fn) -> float:
-    times = []
+def race(repeats: int, sequential, batched) -> tuple[float, float]:
+    """The fastest of ``repeats`` runs of each, taking turns (a shared machine's load then
+    falls on both sides alike)."""
+    times: dict[object, list[float]] = {sequential: [], batched: []}
     for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
+        for fn in (sequential, batched):
+            started = time.perf_counter()
+            fn()
+            times[fn].append(time.perf_counter() - started)
+    return min(times[sequential]), min(times[batched])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             for member in members:
                 train(config, None, members=[member])
 
-        rows.append(("trainer", best_of(args.repeats, one_by_one), best_of(args.repeats, batched)))
+        rows.append(("trainer", *race(args.repeats, one_by_one, batched)))
 
         for pruner in ("none", "halving"):
             tune = TuneConfig(
@@ -96,9 +100,16 @@ def main(argv: list[str] | None = None) -> None:
                 run_tune(dataclasses.replace(tune, batch=batch), out)
                 shutil.rmtree(out)
 
-            sequential = best_of(args.repeats, lambda study=study: study(1))
-            together = best_of(args.repeats, lambda study=study: study(args.trials))
-            rows.append((f"study, pruner {pruner}", sequential, together))
+            rows.append(
+                (
+                    f"study, pruner {pruner}",
+                    *race(
+                        args.repeats,
+                        lambda study=study: study(1),
+                        lambda study=study: study(args.trials),
+                    ),
+                )
+            )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

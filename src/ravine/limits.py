@@ -115,3 +115,7 @@ def _cgroup_memory() -> int | None:
         if text.isdigit() and 0 < int(text) < 2**62:  # "max", or v1's huge "no limit"
             return int(text)
     return None
+
+
+#: Intra-op threads ``--threads`` may ask for (torch allocates a pool of that many).
+MAX_THREADS = 1_024

@@ -109,8 +109,23 @@ _DEVICE_HELP = "cpu, cuda, cuda:N, mps or auto (the best available)."
 _COMMAND_LINE: list[str] = []  # what main() was called with: the resume command repeats it
 
 
+def _print_version(shown: bool) -> None:
+    if shown:
+        from ravine import __version__
+
+        print(f"ravine {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version; exit."
+        ),
+    ] = False,
+) -> None:
     """Choose, compare, tune and debug how neural networks are optimized."""
 
 
@@ -176,6 +191,13 @@ def compare(
     )
     if image_format not in ("png", "svg"):
         raise UsageFailure(f"--format must be png or svg, got {image_format!r}")
+    from ravine.arguments import parse_optimizer_spec  # torch-free: a typo fails at once
+
+    for spec in opt or ():
+        try:
+            parse_optimizer_spec(spec)
+        except ValueError as error:
+            raise UsageFailure(str(error)) from None
     import time
 
     out = out or Path("ravine-runs") / time.strftime("compare-%Y%m%d-%H%M%S")
@@ -246,9 +268,37 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     opt_arg: Annotated[
         list[str] | None,
-        typer.Option("--opt-arg", help="Other optimizer hyperparameter KEY=VALUE, repeatable."),
+        typer.Option(
+            "--opt-arg",
+            help="Any other optimizer hyperparameter KEY=VALUE, repeatable, e.g. "
+            "betas=0.9,0.99 or beta2=0.99, weight_decay=1e-4, amsgrad=true, max_grad_norm=1.",
+        ),
     ] = None,
     schedule: Annotated[str | None, typer.Option(help="Schedule name, e.g. cosine.")] = None,
+    schedule_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--schedule-arg",
+            help="Schedule argument KEY=VALUE, repeatable, e.g. gamma=0.99 (exponential), "
+            "warmup_steps=100 then=cosine (warmup). Lengths count updates.",
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Your own data: a .npz/.npy file, a .csv/.parquet table or a folder of "
+            "images, one sub-folder per class (see README, 'Your own data').",
+        ),
+    ] = None,
+    data_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--data-arg",
+            help="Data set argument KEY=VALUE, repeatable, e.g. root=~/mnist (mnist), "
+            "label=COLUMN (--data tables), test_fraction=0.2.",
+        ),
+    ] = None,
     init: Annotated[str | None, typer.Option(help="Weight init scheme, e.g. he_normal.")] = None,
     activation: Annotated[str | None, typer.Option(help="Hidden activation.")] = None,
     depth: Annotated[int | None, typer.Option(help="Hidden layers (at most 10,000).")] = None,
@@ -287,6 +337,10 @@ def train(
             "--gradient-health", help="Watch per-layer gradients over the run; flag problems."
         ),
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Intra-op threads. Default: 1 for small networks, else torch's."),
+    ] = None,
     replace: Annotated[
         bool,
         typer.Option(
@@ -320,16 +374,13 @@ def train(
       ravine train --dataset mnist1d --model mnist1d_mlp --optimizer nadam --lr 2e-3 --epochs 2
 
       ravine train --restarts 8 --epochs 3
-
-      ravine train --device cuda --precision bf16 --compile
     """
     device = _check_device(device)
     _check_count("--depth", depth, 0, limits.MAX_DEPTH, "")
     _check_count("--width", width, 1, limits.MAX_WIDTH, "")
     _check_count("--curvature-every", curvature_every, 0)
-    import dataclasses
-
-    from ravine.train.config import ConfigError, check_paths, load_config  # torch-free
+    _check_count("--threads", threads, 1, limits.MAX_THREADS, "")
+    from ravine.train.config import ConfigError, check_arguments, check_paths, load_config
 
     model_args = {
         k: v
@@ -343,10 +394,21 @@ def train(
         }.items()
         if v is not None
     }
-    pairs = _split_pairs(opt_arg or [])
+    pairs = {
+        option: _split_pairs(values or [], option)
+        for option, values in (
+            ("--opt-arg", opt_arg),
+            ("--schedule-arg", schedule_arg),
+            ("--data-arg", data_arg),
+        )
+    }
+    if data is not None and dataset is not None:
+        raise UsageFailure(f"give --dataset {dataset} or --data {data}, not both")
+    if data is not None:
+        _check_path("--data", data)
     try:
-        # The file and every flag are checked before torch is imported; --opt-arg values
-        # are read by the optimizer registry, which needs it.
+        # The file, every flag and every KEY=VALUE are checked before torch is imported
+        # (ravine.arguments holds what each registry accepts).
         run = load_config(
             config,
             dataset=dataset,
@@ -364,15 +426,8 @@ def train(
             keep_weights=keep_weights,
             precision=precision,
         )
-        optimizer_args = {"lr": lr} if lr is not None else {}
-        optimizer_args.update(_parse_values(pairs))
-        if optimizer_args:
-            try:
-                run = dataclasses.replace(
-                    run, optimizer_args={**run.optimizer_args, **optimizer_args}
-                )
-            except (ValueError, TypeError) as error:
-                raise ConfigError(str(error)) from None
+        run = _with_pairs(run, config, lr, data, pairs)
+        check_arguments(run)
         out = out or default_run_folder(run)
         _check_output(out)
         check_paths(run, out)
@@ -389,17 +444,84 @@ def train(
             "[user] records a model or data given from Python (ravine.train.train(model=, "
             "data=)); the command line trains built-in models and data"
         )
+    run = _pinned(run)  # a file's SHA-256 joins the config: a resume with another is refused
     _preflight(run)  # the model, the optimizer, the data, the update count, the memory
     resolved = _resolve_device(device)
-    _run_training(
-        run,
-        out,
-        curvature_every,
-        gradient_health,
-        replace=replace,
-        device=resolved,
-        compile_model=compile_model,
+    from ravine.cli.study_options import threads_for
+
+    with threads_for(run, run.restarts, threads):
+        _run_training(
+            run,
+            out,
+            curvature_every,
+            gradient_health,
+            replace=replace,
+            device=resolved,
+            compile_model=compile_model,
+        )
+
+
+def _with_pairs(run, config: Path | None, lr: float | None, data: Path | None, pairs: dict):
+    """``run`` with ``--lr``, ``--data`` and the ``--opt-arg`` / ``--schedule-arg`` /
+    ``--data-arg`` pairs applied over what the config file set (torch-free)."""
+    import dataclasses
+
+    from ravine import arguments
+    from ravine.train.config import TrainConfig, file_fields
+
+    # A flag that names another schedule or data set drops the file's arguments for the old one.
+    written = file_fields(config)
+    file_dataset = written.get("dataset", TrainConfig.dataset)
+    changes: dict = {}
+    if data is not None:
+        kept = run.dataset_args if file_dataset == "file" else {}
+        kept = {k: v for k, v in kept.items() if k not in ("path", "sha256")}
+        changes.update(dataset="file", dataset_args={**kept, "path": os.fspath(data)})
+    elif run.dataset != file_dataset:
+        changes["dataset_args"] = {}
+    if run.schedule != written.get("schedule"):
+        changes["schedule_args"] = {}
+    run = dataclasses.replace(run, **changes) if changes else run
+
+    optimizer_args = {"lr": lr} if lr is not None else {}
+    optimizer_args.update(
+        arguments.parse_optimizer_args(run.optimizer, pairs["--opt-arg"], run.optimizer_args)
     )
+    schedule_args = {}
+    if pairs["--schedule-arg"]:
+        if run.schedule is None:
+            raise ValueError("--schedule-arg needs a schedule: --schedule NAME")
+        schedule_args = arguments.parse_schedule_args(run.schedule, pairs["--schedule-arg"])
+    dataset_args = arguments.parse_dataset_args(run.dataset, pairs["--data-arg"])
+    if not (optimizer_args or schedule_args or dataset_args):
+        return run
+    return dataclasses.replace(
+        run,
+        optimizer_args={**run.optimizer_args, **optimizer_args},
+        schedule_args={**run.schedule_args, **schedule_args},
+        dataset_args={**run.dataset_args, **dataset_args},
+    )
+
+
+def _pinned(run):
+    """``run`` with the SHA-256 of the file (or image folder) ``[data] path`` names."""
+    if run.dataset != "file":
+        return run
+    import dataclasses
+
+    from ravine.problems.files import digest
+
+    try:
+        sha = digest(run.dataset_args["path"])
+    except (OSError, ValueError) as error:
+        raise UsageFailure(str(error)) from None
+    pinned = run.dataset_args.get("sha256")
+    if pinned is not None and pinned != sha:
+        raise UsageFailure(
+            f"[data] path: {run.dataset_args['path']} has changed since sha256 = {pinned!r} "
+            f"was recorded (now {sha}); remove sha256 to train on the file as it is now"
+        )
+    return dataclasses.replace(run, dataset_args={**run.dataset_args, "sha256": sha})
 
 
 def _check_device(name: str) -> str:
@@ -458,24 +580,16 @@ def _interrupted_message(out: Path) -> str:
     )
 
 
-def _split_pairs(pairs: list[str]) -> list[tuple[str, str]]:
+def _split_pairs(pairs: list[str], option: str = "--opt-arg") -> list[tuple[str, str]]:
     split = []
     for pair in pairs:
         key, eq, raw = pair.partition("=")
         if not eq:
-            raise UsageFailure(f"--opt-arg {pair!r} is not KEY=VALUE")
+            raise UsageFailure(f"{option} {pair!r} is not KEY=VALUE")
         if not key.strip():
-            raise UsageFailure(f"--opt-arg {pair!r} has no KEY before the =")
+            raise UsageFailure(f"{option} {pair!r} has no KEY before the =")
         split.append((key.strip(), raw.strip()))
     return split
-
-
-def _parse_values(pairs: list[tuple[str, str]]) -> dict:
-    if not pairs:
-        return {}
-    from ravine.optim.registry import _parse_value
-
-    return {key: _parse_value(raw, key) for key, raw in pairs}
 
 
 def _preflight(run) -> None:

@@ -45,16 +45,35 @@ def read_table(path: Path | None, table: str) -> dict[str, Any]:
 
 
 def load_tune_config(
-    path: Path | None, *, train_overrides: Mapping[str, Any], tune_overrides: Mapping[str, Any]
+    path: Path | None,
+    *,
+    train_overrides: Mapping[str, Any],
+    tune_overrides: Mapping[str, Any],
+    data: Path | None = None,
+    pairs: Mapping[str, list[tuple[str, str]]] | None = None,
 ):
-    """The :class:`ravine.study.tune.TuneConfig` of a command line, or one line and exit 2."""
+    """The :class:`ravine.study.tune.TuneConfig` of a command line, or one line and exit 2.
+    ``data`` and ``pairs`` (``--opt-arg`` / ``--schedule-arg`` / ``--data-arg``) are applied
+    as ``ravine train`` applies them."""
+    from ravine.cli.main import _pinned, _with_pairs
     from ravine.study.tune import TuneConfig
-    from ravine.train import ConfigError, load_config
+    from ravine.train.config import ConfigError, check_arguments, load_config
 
+    empty = {"--opt-arg": [], "--schedule-arg": [], "--data-arg": []}
     try:
         train = load_config(path, **{k: v for k, v in train_overrides.items() if v is not None})
+        train = _with_pairs(train, path, None, data, {**empty, **(pairs or {})})
+        check_arguments(train)  # before torch: names, keys and kinds (ravine.arguments)
     except (ConfigError, ValueError) as error:
         raise UsageFailure(str(error)) from None
+    if train.dataset == "file":
+        from ravine.train.config import check_paths
+
+        try:
+            check_paths(train, Path("."), pretrained=False)
+        except ConfigError as error:
+            raise UsageFailure(str(error)) from None
+        train = _pinned(train)  # the study's config names the file's SHA-256
     if train.val_fraction == 0:
         train = dataclasses.replace(train, val_fraction=DEFAULT_VAL_FRACTION)
     table = read_table(path, "tune")

@@ -19,6 +19,25 @@ def tune(
     optimizer: Annotated[str | None, typer.Option(help="Optimizer to tune, e.g. adam.")] = None,
     dataset: Annotated[str | None, typer.Option(help="Built-in data set, e.g. digits.")] = None,
     model: Annotated[str | None, typer.Option(help="Model preset or kind.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Your own data file or image folder (see ravine train --help)."),
+    ] = None,
+    data_arg: Annotated[
+        list[str] | None,
+        typer.Option("--data-arg", help="Data set argument KEY=VALUE, repeatable."),
+    ] = None,
+    opt_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--opt-arg", help="Fixed optimizer hyperparameter KEY=VALUE (not searched), repeatable."
+        ),
+    ] = None,
+    schedule: Annotated[str | None, typer.Option(help="Schedule name, e.g. cosine.")] = None,
+    schedule_arg: Annotated[
+        list[str] | None,
+        typer.Option("--schedule-arg", help="Schedule argument KEY=VALUE, repeatable."),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per trial.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Examples per update.")] = None,
     space: Annotated[
@@ -83,16 +102,26 @@ def tune(
 
       ravine tune --space all --sampler qmc --pruner halving --epochs 30
     """
+    from ravine.cli.main import _split_pairs
     from ravine.cli.study_options import executor_of, load_tune_config, threads_for
 
+    if data is not None and dataset is not None:
+        raise UsageFailure(f"give --dataset {dataset} or --data {data}, not both")
     tune_config = load_tune_config(
         config,
         train_overrides={
             "optimizer": optimizer,
             "dataset": dataset,
             "model": model,
+            "schedule": schedule,
             "epochs": epochs,
             "batch_size": batch_size,
+        },
+        data=data,
+        pairs={
+            "--opt-arg": _split_pairs(opt_arg or [], "--opt-arg"),
+            "--schedule-arg": _split_pairs(schedule_arg or [], "--schedule-arg"),
+            "--data-arg": _split_pairs(data_arg or [], "--data-arg"),
         },
         tune_overrides={
             "space": space,

@@ -115,7 +115,16 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
 
 
 def _extremes(t: Tensor, members: int | None) -> tuple[Tensor, Tensor]:
-    return torch.aminmax(t) if members is None else torch.aminmax(rows(t, members), dim=1)
+    if members is None:
+        return torch.aminmax(t)
+    if t.dim() == 1:  # one element per member: the element is both extremes
+        return t, t
+    # Per member: amin and amax over every other dimension, in the tensor's own strides (no
+    # reshape, which copies a member-innermost view). Two reductions, because aminmax along a
+    # dimension is an order of magnitude slower on the CPU (8.7 ms against 2 x 0.3 ms for
+    # 64 x 24k float32); both propagate NaN as aminmax does.
+    dims = tuple(range(1, t.dim()))
+    return torch.amin(t, dim=dims), torch.amax(t, dim=dims)
 
 
 def add_eps(denominator: Tensor, eps: float | Tensor) -> Tensor:

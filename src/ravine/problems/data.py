@@ -835,19 +835,22 @@ def load_dataset(name: str, **kwargs: Any) -> Dataset:
     """Build a data set by name, e.g. ``load_dataset("spirals", noise=0.2, seed=1)``.
 
     Built-in tasks are those in :data:`DATASETS`; ``mnist``, ``fashion_mnist`` and ``cifar10``
-    read files the user downloaded, from ``root=`` (see :mod:`ravine.problems.readers`).
+    read files the user downloaded, from ``root=`` (see :mod:`ravine.problems.readers`);
+    ``file`` reads your own data from ``path=`` (see :mod:`ravine.problems.files`).
     Names are case-insensitive and ``-`` reads as ``_``. Raises ValueError listing the valid
     names for an unknown name, the accepted arguments for an unknown argument, and naming the
     argument for a bad value. Deterministic given ``seed``.
     """
-    from ravine.problems.readers import READERS  # readers imports this module
+    from ravine.problems.files import read_file  # these readers import this module
+    from ravine.problems.readers import READERS
 
     key = name.strip().lower().replace("-", "_") if isinstance(name, str) else name
-    factory = DATASETS.get(key) or READERS.get(key)  # type: ignore[arg-type]
+    factory = DATASETS.get(key) or READERS.get(key) or {"file": read_file}.get(key)  # type: ignore[arg-type]
     if factory is None:
         raise ValueError(
             f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))} "
-            f"(built in), {', '.join(sorted(READERS))} (read from root=)"
+            f"(built in), {', '.join(sorted(READERS))} (read from root=), file (your own "
+            "file, read from path=)"
         )
     params = inspect.signature(factory).parameters
     accepted = sorted(params)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ravine.report.plots import optimizer_color, save_figure
-from ravine.study.tune import trial_record
+from ravine.study.tune import trial_curve, trial_record
 
 
 def draw_tune_figures(result) -> list[Path]:
@@ -67,7 +67,7 @@ def _trials(study) -> list[dict[str, Any]]:
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("ravine_stale"):
             continue
-        curve = sorted(t.intermediate_values.items())
+        curve = trial_curve(t)
         rows.append(
             {
                 "number": t.number,

@@ -221,12 +221,11 @@ _NOT_SEARCHED = (
 def searchable_names(optimizer: str) -> list[str]:
     """What a space may search for ``optimizer``: its hyperparameters, the derived names
     (``one_minus_beta1``, ...), in the registry's order."""
-    from ravine.optim.registry import hyperparameter_names
+    from ravine.arguments import optimizer_arguments  # the registry's, read without torch
 
-    names = [n for n in hyperparameter_names(optimizer) if n not in _NOT_SEARCHED]
-    derived = [
-        d for d, (target, _) in _DERIVED.items() if target in hyperparameter_names(optimizer)
-    ]
+    valid = list(optimizer_arguments(optimizer))
+    names = [n for n in valid if n not in _NOT_SEARCHED]
+    derived = [d for d, (target, _) in _DERIVED.items() if target in valid]
     return [*names, *derived]
 
 

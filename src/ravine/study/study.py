@@ -63,7 +63,7 @@ class StudyConfig:
     epochs: int | None = None  # every task's epoch budget, when set
 
     def __post_init__(self) -> None:
-        from ravine.optim.registry import optimizer_class
+        from ravine.arguments import optimizer_arguments  # torch-free: bad names fail at once
 
         for key, low in (("trials", 1), ("batch", 1), ("seeds", 2), ("tune_seeds", 1), ("seed", 0)):
             value = getattr(self, key)
@@ -76,7 +76,7 @@ class StudyConfig:
         if not self.optimizers or not self.tasks:
             raise ValueError("a study needs at least one optimizer and one task")
         for name in self.optimizers:
-            optimizer_class(name)
+            optimizer_arguments(name)
         for name in self.tasks:
             task(name)
         for key, values in (("optimizers", self.optimizers), ("tasks", self.tasks)):

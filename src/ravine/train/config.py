@@ -3,7 +3,7 @@
 A config file has up to five tables; every key is optional and defaults to the field below::
 
     [data]                       # -> dataset, dataset_args, standardize, val_fraction
-    name = "mnist1d"
+    name = "mnist1d"             # or path = "my.csv" (and label = "COLUMN"): your own file
     [model]                      # -> model (a preset or a kind) and model_args
     preset = "mnist1d_cnn"
     [optimizer]                  # -> optimizer and optimizer_args
@@ -228,6 +228,14 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig
         raise ConfigError(f"{source}: {error}" if path is not None else str(error)) from None
 
 
+def file_fields(path: str | Path | None) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields a config file sets, as written (no defaults, no checks
+    across fields): what a flag overrides. ``{}`` without a file."""
+    if path is None:
+        return {}
+    return _fields_from_tables(_read_toml(path, str(path)), str(path))
+
+
 def _read_toml(path: str | Path, source: str) -> dict[str, Any]:
     """The TOML document at ``path``; ``ConfigError`` for every way a file can be unusable."""
     try:
@@ -297,6 +305,8 @@ def _fields_from_tables(document: Mapping[str, Any], source: str) -> dict[str, A
             raise ConfigError(f"{source}: [{table}] must be a table, got {values!r}")
         values = dict(values)
         if table == "data":
+            if "path" in values and "name" not in values:
+                fields["dataset"] = "file"  # your own data (ravine.problems.files)
             _take(values, "name", fields, "dataset")
             _take(values, "standardize", fields, "standardize")
             _take(values, "val_fraction", fields, "val_fraction")
@@ -434,6 +444,27 @@ def resolve_write_path(value: Any, key: str, *, out_dir: str | Path) -> Path:
     )
 
 
+def check_arguments(config: TrainConfig) -> None:
+    """Check every optimizer hyperparameter, schedule argument and data set argument of
+    ``config`` against what its registry accepts (:mod:`ravine.arguments`), without torch:
+    unknown names and keys, missing required arguments, values of the wrong kind.
+    Raises ``ConfigError`` naming the key."""
+    from ravine import arguments
+
+    try:
+        arguments.check_optimizer_args(config.optimizer, config.optimizer_args, run=True)
+        if config.schedule is not None:
+            arguments.check_schedule(config.schedule, config.schedule_args, filled=True)
+        if "path" in config.dataset_args and config.dataset != "file":
+            raise ValueError(
+                f"[data] path names your own file (--data PATH); it does not go with "
+                f"name = {config.dataset!r}"
+            )
+        arguments.check_dataset(config.dataset, config.dataset_args)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def check_paths(config: TrainConfig, out_dir: str | Path, *, pretrained: bool = True) -> None:
     """Check the paths a config names before a run starts: a folder it reads (``root``) must
     exist, a file it reads (``pretrained``; skipped when ``pretrained=False``) must exist and
@@ -445,6 +476,10 @@ def check_paths(config: TrainConfig, out_dir: str | Path, *, pretrained: bool = 
             if not path.is_dir():
                 what = "is not a folder" if path.exists() else "does not exist"
                 raise ConfigError(f"[data] {key}: {path} {what}")
+    if "path" in config.dataset_args:  # your own data: a file, or a folder of images
+        path = _as_path(config.dataset_args["path"], "path").expanduser()
+        if not path.exists():
+            raise ConfigError(f"[data] path: {path} does not exist")
     for key in _WRITE_FOLDERS:
         if key in config.dataset_args:
             resolve_write_path(config.dataset_args[key], key, out_dir=out_dir)
