@@ -304,6 +304,8 @@ TRAIN = {
     "--curvature-every": integers,
     "--config": st.sampled_from(["nowhere.toml", "/dev/null", "/dev/zero", ".", "../fixtures"]),
     "--out": st.sampled_from(["out", "/dev/null", "../fixtures/file/x", "out", "\udcff"]),
+    "--device": st.one_of(st.sampled_from(["cpu", "auto", "cuda", "cuda:7", "mps", "gpu"]), weird),
+    "--precision": st.one_of(st.sampled_from(["fp32", "bf16", "fp16", "fp8"]), weird),
 }
 TRAIN_FLAGS = ["--batch-norm", "--no-batch-norm", "--keep-weights", "--fresh", "--gradient-health"]
 RUN_FOLDERS = [
@@ -315,7 +317,8 @@ RUN_FOLDERS = [
     "",
     "\udcff",
 ]
-PROBE = {"--examples": integers, "--k": integers}
+DEVICES = st.one_of(st.sampled_from(["cpu", "auto", "cuda", "cuda:7", "mps", "tpu"]), weird)
+PROBE = {"--examples": integers, "--k": integers, "--device": DEVICES}
 SPACES = st.one_of(
     st.sampled_from(
         [
@@ -374,6 +377,7 @@ LANDSCAPE = {
     "--kind": st.sampled_from(["interp", "surface", "trajectory", "volcano", ""]),
     "--resolution": integers,
     "--examples": integers,
+    "--device": DEVICES,
 }
 
 
