@@ -348,6 +348,9 @@ class Trainer:
                 "member's step when one overflows; use bf16 (no loss scale) or restarts = 1"
             )
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        # One network in float32 takes the textbook path: the update itself and the two values
+        # the epoch's metrics need, nothing else (benchmarks/train_throughput.py).
+        self._plain = not self.stacked and self.precision == "fp32"
         self.architecture = models[0] if n > 1 else copy.deepcopy(models[0])
         _, self.total = total_steps(config, len(splits.x_train))
         if config.snapshots:
@@ -414,6 +417,7 @@ class Trainer:
         lrs: list[float | Tensor] = []  # read once, at the end of the epoch
         seen, batch_size = 0, config.batch_size
         sizes: list[int] = []  # examples per update, for the epoch's mean loss
+        group = self.optimizer.param_groups[0]
         for i in range(per_epoch):
             if self.step >= self.total:
                 break
@@ -423,7 +427,8 @@ class Trainer:
             y = y_train[index]
             losses, predicted = self.update(x, y, shared=shared)
             step_losses.append(losses)
-            lrs.append(self._lr_now())  # after the schedule
+            lr = group["lr"]  # after the schedule; a tensor is copied (a schedule writes into it)
+            lrs.append(lr.detach().clone() if isinstance(lr, Tensor) else lr)
             sizes.append(index.shape[-1])
             seen += sizes[-1]
             if predicted is not None:
@@ -452,6 +457,24 @@ class Trainer:
             "lrs": [_median_lr(lr) for lr in lrs],
         }
 
+    def _plain_update(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        """:meth:`update` of one network in float32, as a hand-written loop does it."""
+        optimizer, model = self.optimizer, self.net.model
+        optimizer.zero_grad()
+        if not model.training:  # (train() recurses over every module: only when needed)
+            model.train()
+        output = model(x)
+        loss = self._loss_fn(output, y)
+        loss.backward()
+        if self.config.grad_noise:
+            self._add_gradient_noise([p.grad for p in self.net.parameters() if p.grad is not None])
+        optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()
+        self.step += 1
+        predicted = output.argmax(dim=-1) if self.task == "classification" else None
+        return loss.detach(), predicted
+
     def update(self, x: Tensor, y: Tensor, *, shared: bool = False) -> tuple[Tensor, Tensor | None]:
         """One update on the mini-batch; returns the ``(N,)`` losses (detached; ``()`` for one
         network) and, for classification, the predicted classes ``(N, batch)`` (``(batch,)``
@@ -460,6 +483,8 @@ class Trainer:
         (``y`` likewise)."""
         # Nothing here reads a device value back to the host (tests/test_device.py counts):
         # on an accelerator the update is queued while the host prepares the next one.
+        if self._plain:
+            return self._plain_update(x, y)
         self.optimizer.zero_grad()
         with self._autocast():
             output = self.net.train_outputs(x, shared)
@@ -534,12 +559,6 @@ class Trainer:
     def lr(self) -> float:
         """The first param group's lr (the median member's, when members differ)."""
         return _median_lr(self.optimizer.param_groups[0]["lr"])
-
-    def _lr_now(self) -> float | Tensor:
-        # A tensor lr (per member, or a user's tensor) is copied, not read: the schedule
-        # writes into it in place, and reading it would be a host sync were it on a device.
-        lr = self.optimizer.param_groups[0]["lr"]
-        return lr.detach().clone() if isinstance(lr, Tensor) else lr
 
     def check_finite(self) -> None:
         """Raise the :class:`~ravine.optim.NonFiniteGradientError` of a step refused on the
