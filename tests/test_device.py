@@ -210,21 +210,25 @@ def test_device_names_are_checked():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_the_cli_refuses_an_absent_device_in_one_line(tmp_path):
+def test_the_cli_refuses_an_absent_device_in_one_line(tmp_path, capsys):
+    from ravine.cli.main import main
+
     for argv, expected in (
         (["--device", "cuda"], "error: --device 'cuda': CUDA is not available"),
         (["--device", "tpu"], "error: --device must be one of auto, cpu, cuda, cuda:N, mps"),
         (["--precision", "fp8"], "error: precision must be one of fp32, bf16, fp16"),
     ):
-        done = subprocess.run(
-            [sys.executable, "-m", "ravine", "train", *argv, "--out", str(tmp_path / "x")],
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 2
-        assert done.stderr.strip().splitlines() == [done.stderr.strip()]
-        assert done.stderr.startswith(expected), done.stderr
+        assert main(["train", *argv, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(expected) and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
+    # A misspelt name is refused before torch is imported.
+    probe = (
+        "import sys; from ravine.cli.main import main; "
+        "code = main(['train', '--device', 'gpu']); print(code, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.split() == ["2", "False"], done.stderr
 
 
 def test_the_cli_trains_in_the_precision_it_is_given(tmp_path, capsys):
