@@ -192,6 +192,13 @@ def read_verified(path: str | os.PathLike[str]) -> bytes:
     return data
 
 
+def recorded(path: str | os.PathLike[str]) -> bool:
+    """Whether ravine wrote ``path`` (its folder's manifest lists it): a file ravine may
+    bring up to date, unlike one the user put there."""
+    path = Path(path)
+    return path.name in _read_manifest(path.parent)
+
+
 def forget(path: str | os.PathLike[str]) -> None:
     """Delete a file ravine wrote, and its manifest entry."""
     path = Path(path)

@@ -152,6 +152,12 @@ def compare(
         bool,
         typer.Option(help="Replace what the output folder holds (another comparison or run)."),
     ] = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
+        ),
+    ] = False,
 ) -> None:
     """Race optimizers on analytic problems from shared random starts; rank them.
 
@@ -221,6 +227,7 @@ def compare(
         written = write_compare_outputs(result, out, plots=plots, fmt=image_format)
         folder.finish()
     console.print(f"wrote {len(written)} files to {out}/")
+    _after_run(out, report)
 
 
 @command
@@ -293,6 +300,12 @@ def train(
             "--fresh",
             help="Replace the run the output folder holds (only once this run's config is "
             "valid); without it, a folder holding another run is refused.",
+        ),
+    ] = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
         ),
     ] = False,
 ) -> None:
@@ -373,6 +386,7 @@ def train(
         raise UsageFailure("--gradient-health needs restarts = 1")
     _preflight(run)  # the model, the optimizer, the data, the update count, the memory
     _run_training(run, out, curvature_every, gradient_health, replace=replace)
+    _after_run(out, report)
 
 
 def _claim(out: Path, kind: str, config: str, *, replace: bool):
@@ -574,6 +588,12 @@ def probe(
     k: Annotated[
         int, typer.Option(help="Top and bottom Hessian eigenvalues to find (at most 1,000).")
     ] = 5,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
+        ),
+    ] = False,
 ) -> None:
     """Gradient health, curvature and saddle report of a trained run.
 
@@ -603,6 +623,7 @@ def probe(
     for line in report["lines"]:
         console.print(line)
     console.print(f"wrote probe.json and figures to {run_dir}/")
+    _after_run(run_dir, report)
 
 
 @command
@@ -611,6 +632,12 @@ def landscape(
     kind: Annotated[str, typer.Option(help="interp, surface or trajectory.")] = "surface",
     resolution: Annotated[int, typer.Option(help="Grid points per axis (2 to 1,000).")] = 25,
     examples: Annotated[int, typer.Option(help="Examples per split evaluated.")] = 1000,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
+        ),
+    ] = False,
 ) -> None:
     """Loss landscape of a trained run: interpolation, surface, or trajectory.
 
@@ -643,6 +670,14 @@ def landscape(
     except (ConfigError, DamagedFileError, FolderInUseError) as error:
         raise UsageFailure(str(error)) from None
     console.print(f"wrote {', '.join(p.name for p in written)} to {run_dir}/")
+    _after_run(run_dir, report)
+
+
+def _after_run(folder: Path, wanted: bool) -> None:
+    if wanted:
+        from ravine.cli.report import after_run
+
+        after_run(folder)
 
 
 def _curvature_tracker(run, every: int):
@@ -758,6 +793,7 @@ def _silence_stdout() -> None:
 
 
 # Command groups in their own modules register on `app` when imported (after it exists).
+from ravine.cli import report as _report  # noqa: E402, F401
 from ravine.cli import study as _study  # noqa: E402, F401
 from ravine.cli import tune as _tune  # noqa: E402, F401
 

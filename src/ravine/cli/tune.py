@@ -66,6 +66,12 @@ def tune(
     replace: Annotated[
         bool, typer.Option(help="Replace the study or run the output folder holds.")
     ] = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
+        ),
+    ] = False,
 ) -> None:
     """Tune an optimizer's hyperparameters on a network: Optuna trials, N at a time.
 
@@ -109,6 +115,10 @@ def tune(
     out = out or _default_folder(tune_config)
     with threads_for(tune_config.train, tune_config.batch, threads):
         _run(tune_config, out, storage, pool, replace)
+    if report:
+        from ravine.cli.report import after_run
+
+        after_run(out)
 
 
 def _default_folder(config) -> Path:

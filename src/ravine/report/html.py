@@ -1,0 +1,104 @@
+"""The HTML report: one self-contained page (figures inlined as base64, no script or style
+from the network) for one ravine folder, or several side by side.
+
+The page is rendered from the Jinja2 template ``templates/report.html.j2`` (autoescaped);
+what it shows is read by :mod:`ravine.report.folder`. A folder's report is written into the
+folder itself (``report.html``, atomically and checksummed, under the folder's lock); a
+comparison of several folders goes to a file the caller names.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ravine.folders import atomic_write_text, locked, recorded
+from ravine.report.folder import REPORT_NAME, Figure, FolderRecord, ReportError, cell, read_folder
+
+__all__ = ["render_report", "write_folder_report", "write_report"]
+
+
+def render_report(records: Sequence[FolderRecord]) -> str:
+    """The HTML page of ``records`` (one folder, or several compared side by side)."""
+    import jinja2
+
+    import ravine
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("ravine.report", "templates"),
+        autoescape=jinja2.select_autoescape(("html", "j2")),
+        undefined=jinja2.StrictUndefined,  # a typo in the template fails the tests, not a page
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    template = environment.get_template("report.html.j2")
+    comparison = _comparison(records) if len(records) > 1 else None
+    return template.render(
+        records=records,
+        comparison=comparison,
+        created=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        version=getattr(ravine, "__version__", ""),
+    )
+
+
+def _comparison(records: Sequence[FolderRecord]) -> dict:
+    from ravine.report.overlay import overlay_curves
+
+    labels = _labels(records)
+    columns = list(dict.fromkeys(k for r in records for k in r.headline))
+    rows = [
+        [cell(label), *[cell(r.headline.get(c)) for c in columns]]
+        for label, r in zip(labels, records, strict=True)
+    ]
+    series: dict[str, dict[str, list]] = {}
+    for label, record in zip(labels, records, strict=True):
+        for name, points in record.curves.items():
+            series.setdefault(name, {})[label] = points
+    png = overlay_curves(series)
+    figure = Figure("curves overlaid", "image/png", base64.b64encode(png).decode()) if png else None
+    return {"columns": ["folder", *columns], "rows": rows, "figure": figure, "labels": labels}
+
+
+def _labels(records: Sequence[FolderRecord]) -> list[str]:
+    # Folder names, or more of the path where two folders share a name.
+    names = [r.label for r in records]
+    if len(set(names)) == len(names):
+        return names
+    return [str(r.path) for r in records]
+
+
+def write_folder_report(folder: str | os.PathLike[str], *, replace: bool = False) -> Path:
+    """Write ``folder``'s report into it as ``report.html`` and return its path.
+
+    A ``report.html`` that ravine wrote is brought up to date; one ravine did not write (it is
+    not in the folder's manifest) is kept unless ``replace``.
+    """
+    folder = Path(folder)
+    record = read_folder(folder)
+    target = folder / REPORT_NAME
+    with locked(folder):
+        if target.exists() and not replace and not recorded(target):
+            raise ReportError(
+                f"{target} exists and ravine did not write it; move it away or replace it "
+                "(--replace)"
+            )
+        atomic_write_text(target, render_report([record]))
+    return target
+
+
+def write_report(
+    folders: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, replace: bool = False
+) -> Path:
+    """Write the report of ``folders`` (side by side when several) to the file ``out``;
+    an existing ``out`` is refused unless ``replace``."""
+    out = Path(out)
+    if out.is_dir():
+        raise ReportError(f"--out {out} is a folder; name the HTML file to write")
+    if out.exists() and not replace:
+        raise ReportError(f"{out} exists; choose another --out or replace it (--replace)")
+    records = [read_folder(f) for f in folders]
+    atomic_write_text(out, render_report(records))
+    return out
