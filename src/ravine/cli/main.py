@@ -293,6 +293,14 @@ def train(
             "--gradient-health", help="Watch per-layer gradients over the run; flag problems."
         ),
     ] = False,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard",
+            help="Also write TensorBoard event files (scalars, histograms, hparams) into "
+            "the run folder's tensorboard/.",
+        ),
+    ] = False,
     replace: Annotated[
         bool,
         typer.Option(
@@ -385,7 +393,11 @@ def train(
     if gradient_health and run.restarts > 1:
         raise UsageFailure("--gradient-health needs restarts = 1")
     _preflight(run)  # the model, the optimizer, the data, the update count, the memory
-    _run_training(run, out, curvature_every, gradient_health, replace=replace)
+    if tensorboard:
+        _check_tensorboard()
+    _run_training(
+        run, out, curvature_every, gradient_health, replace=replace, tensorboard=tensorboard
+    )
     _after_run(out, report)
 
 
@@ -509,8 +521,25 @@ def _check_pretrained(run, splits) -> None:
         raise ConfigError(f"[model] pretrained: nothing in {run.pretrained} matches the model")
 
 
+def _check_tensorboard() -> None:
+    """--tensorboard needs the tensorboard package (the dev extra); say so before training."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise UsageFailure(
+            "--tensorboard needs the tensorboard package: pip install tensorboard "
+            '(or pip install -e ".[dev]")'
+        )
+
+
 def _run_training(
-    run, out: Path, curvature_every: int = 0, gradient_health: bool = False, *, replace=False
+    run,
+    out: Path,
+    curvature_every: int = 0,
+    gradient_health: bool = False,
+    *,
+    replace=False,
+    tensorboard: bool = False,
 ) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -545,22 +574,41 @@ def _run_training(
                 status += f"  loss {info['loss']:.4f}"
             progress.update(task, completed=info["step"], total=info["total"], status=status)
 
+        logger = None
         try:
             tracker = _curvature_tracker(run, curvature_every) if curvature_every else None
             health = _gradient_health() if gradient_health else None
             callbacks = [c for c in (tracker, health) if c is not None]
-            result = train(run, out, on_progress=on_progress, callbacks=callbacks, replace=replace)
+            if tensorboard:  # hooked from above: train knows nothing of TensorBoard
+                from ravine.report.tensorboard import TensorBoardLogger, run_hparams
+
+                logger = TensorBoardLogger(out, hparams=run_hparams(run))
+                if run.restarts == 1:
+                    callbacks.append(logger)
+            result = train(
+                run,
+                out,
+                on_progress=on_progress,
+                callbacks=callbacks,
+                replace=replace,
+                on_epoch=logger.on_epoch if logger is not None else None,
+            )
             with locked(out):
                 draw_run_figures(result, run)
                 if tracker is not None:
                     _write_curvature(tracker, out)
                 if health is not None:
                     _write_gradient_health(health, out, console)
+                if logger is not None:
+                    logger.finish(result, curvature=tracker, gradient_health=health)
         except (ConfigError, DamagedFileError, FolderInUseError) as error:
             raise UsageFailure(str(error)) from None
         except KeyboardInterrupt:
             raise Interrupted(_interrupted_message(out)) from None
         except NonFiniteGradientError as error:
+            if logger is not None:
+                with locked(out):
+                    logger.close()
             console.print(f"training stopped: {error}")
             if any(out.glob("*checkpoint.pt")):
                 console.print(f"the last good checkpoint is in {out}/")

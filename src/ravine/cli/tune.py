@@ -66,6 +66,14 @@ def tune(
     replace: Annotated[
         bool, typer.Option(help="Replace the study or run the output folder holds.")
     ] = False,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard",
+            help="Also write each trial's curve and hyperparameters as TensorBoard runs "
+            "(tensorboard/trial-N/).",
+        ),
+    ] = False,
     report: Annotated[
         bool,
         typer.Option(
@@ -113,8 +121,19 @@ def tune(
     )
     pool = executor_of(executor, address, parallel)  # validated before any work
     out = out or _default_folder(tune_config)
+    if tensorboard:
+        from ravine.cli.main import _check_tensorboard
+
+        _check_tensorboard()
     with threads_for(tune_config.train, tune_config.batch, threads):
         _run(tune_config, out, storage, pool, replace)
+    if tensorboard:
+        from ravine.folders import locked
+        from ravine.report.tensorboard import write_tune_events
+
+        with locked(out):
+            written = write_tune_events(out)
+        typer.echo(f"wrote {written}/")
     if report:
         from ravine.cli.report import after_run
 
