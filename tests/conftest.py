@@ -21,11 +21,11 @@ def watched_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def restarts_run(tmp_path_factory):
-    """Three restarts, two epochs, with TensorBoard events."""
+    """Three restarts, one epoch, with TensorBoard events."""
     from ravine.cli.main import main
 
     out = tmp_path_factory.mktemp("restarts") / "run"
-    argv = ["train", "--epochs", "2", "--batch-size", "128", "--restarts", "3", "--out", str(out),
+    argv = ["train", "--epochs", "1", "--batch-size", "128", "--restarts", "3", "--out", str(out),
             "--tensorboard"]  # fmt: skip
     assert main(argv) == 0
     return out
@@ -33,12 +33,13 @@ def restarts_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def compare_run(tmp_path_factory):
-    """A small comparison: two optimizers, two problems, two starts."""
+    """A small comparison: two optimizers, two problems, two starts (no figures: the
+    training run's cover those)."""
     from ravine.cli.main import main
 
     out = tmp_path_factory.mktemp("compare") / "run"
     argv = ["compare", "--opt", "sgd", "--opt", "adam", "--problem", "rosenbrock", "--problem",
-            "saddle", "--starts", "2", "--steps", "30", "--out", str(out)]  # fmt: skip
+            "saddle", "--starts", "2", "--steps", "30", "--no-plots", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     return out
 
