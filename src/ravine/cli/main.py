@@ -190,6 +190,7 @@ def compare(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ravine.report.compare import summary_tables, write_compare_outputs
+    from ravine.report.tables import print_table
     from ravine.study.compare import (
         DEFAULT_OPTIMIZERS,
         DEFAULT_PROBLEMS,
@@ -222,7 +223,9 @@ def compare(
             task = progress.add_task("compare", total=total)
             result = run_compare(config, on_progress=lambda n: progress.advance(task, n))
         for table in summary_tables(result):
-            console.print(table)
+            print_table(
+                console, table, droppable=("div.", "dist", "best"), source=f"{out}/summary.csv"
+            )
             console.print()
         written = write_compare_outputs(result, out, plots=plots, fmt=image_format)
         folder.finish()
@@ -781,13 +784,15 @@ def _write_curvature(tracker, out: Path) -> None:
 def _print_restarts(console, result) -> None:
     from rich.table import Table
 
+    from ravine.report.tables import print_table
+
     table = Table(title=f"{result.restarts} restarts ({result.method})", title_justify="left")
     for column in ("metric", "best", "median", "worst", "std"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for metric, stats in result.summary.items():
         if isinstance(stats, dict) and "median" in stats:
             table.add_row(metric, *(f"{stats[k]:.4g}" for k in ("best", "median", "worst", "std")))
-    console.print(table)
+    print_table(console, table, droppable=("std",), source=f"{result.out_dir}/restarts.json")
     if result.ensemble:
         console.print(
             "ensemble of the restarts: "
