@@ -16,7 +16,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ravine.folders import atomic_write_text, locked, recorded
-from ravine.report.folder import REPORT_NAME, Figure, FolderRecord, ReportError, cell, read_folder
+from ravine.report.folder import (
+    REPORT_NAME,
+    Figure,
+    FolderRecord,
+    ReportError,
+    Table,
+    cell,
+    read_folder,
+)
 
 __all__ = ["render_report", "write_folder_report", "write_report"]
 
@@ -59,7 +67,40 @@ def _comparison(records: Sequence[FolderRecord]) -> dict:
             series.setdefault(name, {})[label] = points
     png = overlay_curves(series)
     figure = Figure("curves overlaid", "image/png", base64.b64encode(png).decode()) if png else None
-    return {"columns": ["folder", *columns], "rows": rows, "figure": figure, "labels": labels}
+    return {
+        "metrics": Table("Side by side", "each folder's final metrics", ["folder", *columns], rows),
+        "figure": figure,
+        "labels": labels,
+        "differences": _differences(records, labels),
+    }
+
+
+def _differences(records: Sequence[FolderRecord], labels: Sequence[str]) -> Table | None:
+    """The run settings in which training folders differ (what the comparison is about)."""
+    from ravine.train.config import tomllib
+
+    settings = {}
+    for label, record in zip(labels, records, strict=True):
+        if record.kind not in ("train", "restarts") or not record.config_text:
+            continue
+        try:
+            tables = tomllib.loads(record.config_text)
+        except tomllib.TOMLDecodeError:
+            continue
+        settings[label] = {
+            f"{table}.{key}": value
+            for table, values in tables.items()
+            for key, value in values.items()
+        }
+    if len(settings) < 2:
+        return None
+    keys = sorted({k for values in settings.values() for k in values})
+    differing = [k for k in keys if len({repr(v.get(k)) for v in settings.values()}) > 1]
+    if not differing:
+        return None
+    rows = [[cell(label), *[cell(values.get(k)) for k in differing]]
+            for label, values in settings.items()]  # fmt: skip
+    return Table("Settings that differ", "each folder's config.toml", ["folder", *differing], rows)
 
 
 def _labels(records: Sequence[FolderRecord]) -> list[str]:
