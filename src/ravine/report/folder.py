@@ -173,11 +173,10 @@ def cell(value: Any) -> Cell:
     return Cell(text, text)
 
 
-def table_from_csv(path: Path, title: str, *, drop: tuple[str, ...] = ()) -> Table:
+def table_from_csv(path: Path, title: str) -> Table:
     header, body = _read_csv(path)
-    keep = [i for i, name in enumerate(header) if name not in drop]
-    rows = [[cell(row[i]) for i in keep] for row in body]
-    return Table(title, path.name, [header[i] for i in keep], rows, collapsed=len(rows) > 30)
+    rows = [[cell(value) for value in row] for row in body]
+    return Table(title, path.name, header, rows, collapsed=len(rows) > 30)
 
 
 def table_from_records(records: list[dict[str, Any]], title: str, source: str) -> Table:
@@ -415,7 +414,7 @@ def _instruments(record: FolderRecord) -> None:
                     "--examples",
                     str(probe.get("examples")),
                     "--k",
-                    str(len(probe.get("top_eigenvalues") or [])) or "5",
+                    str(len(probe.get("top_eigenvalues") or []) or 5),
                 ]
             )
         )
@@ -611,7 +610,11 @@ def _tune(record: FolderRecord, owner_config: str) -> None:
     if curves:
         record.curves[f"best trial {summary.get('metric')}"] = curves
     record.commands.append("ravine tune --config tune.toml --out NEW_FOLDER")
-    record.notes.append("save the configuration below as tune.toml first")
+    record.notes.append(
+        "save the configuration below as tune.toml first; the folder does not record how many "
+        "trials trained together (--batch), which steers which points the sampler asks for: "
+        "add batch = N under [tune] to match the original"
+    )
     if (path / "best.toml").is_file():
         record.commands.append(f"ravine train --config {_quote(path / 'best.toml')}")
 
