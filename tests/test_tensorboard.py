@@ -118,3 +118,24 @@ def test_tune_trials_as_runs(tmp_path):
         curve = document["curves"][str(trial["number"])]
         assert scalars(board, "epoch/val_loss") == as_float32(curve)
         assert "_hparams_/session_start_info" in board.PluginTagToContent("hparams")
+
+
+def test_a_resumed_run_reads_as_one_run(tmp_path):
+    from ravine.report.tensorboard import TensorBoardLogger
+    from ravine.train import TrainConfig, train
+
+    config, out = TrainConfig(epochs=3, batch_size=512), tmp_path / "run"
+    first = TensorBoardLogger(out)  # killed after epoch 1 ...
+    train(config, out, callbacks=[first], on_epoch=first.on_epoch, stop_after_epoch=1)
+    first.close()
+    second = TensorBoardLogger(out)  # ... and the same command again
+    result = train(config, out, callbacks=[second], on_epoch=second.on_epoch)
+    second.finish(result)
+    assert result.resumed_from_epoch == 1
+    board = events(out / "tensorboard")
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert scalars(board, "epoch/test_loss") == as_float32(
+        (r["epoch"], r["test_loss"]) for r in history
+    )
+    assert [s for s, _ in scalars(board, "step/grad_norm")] == list(range(1, result.steps + 1))
+    assert [e.step for e in board.Histograms("weights/head.weight")] == [1, 2, 3]

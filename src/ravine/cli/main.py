@@ -607,6 +607,9 @@ def _run_training(
         except (ConfigError, DamagedFileError, FolderInUseError) as error:
             raise UsageFailure(str(error)) from None
         except KeyboardInterrupt:
+            if logger is not None:  # the epochs so far stay readable; a resume appends
+                with locked(out):
+                    logger.close()
             raise Interrupted(_interrupted_message(out)) from None
         except NonFiniteGradientError as error:
             if logger is not None:
