@@ -41,6 +41,7 @@ def compare_run(tmp_path_factory):
     argv = ["compare", "--opt", "sgd", "--opt", "adam", "--problem", "rosenbrock", "--problem",
             "saddle", "--starts", "2", "--steps", "30", "--no-plots", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
+    assert not (out / "report.html").exists()  # only with --report
     return out
 
 

@@ -192,3 +192,20 @@ def test_a_report_html_the_user_wrote_is_kept(compare_run, tmp_path, capsys):
     assert mine.read_text() == "my notes"
     assert main(["report", str(copy), "--replace"]) == 0
     assert recorded(mine)
+
+
+def test_landscape_report_option_adds_its_findings(watched_run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(watched_run, copy, ignore=shutil.ignore_patterns("lock"))
+    argv = ["landscape", str(copy), "--kind", "surface", "--resolution", "3", "--examples", "32",
+            "--report"]  # fmt: skip
+    assert main(argv) == 0
+    assert f"wrote {copy}/report.html" in capsys.readouterr().out
+    page = page_of(copy / "report.html")
+    assert "landscape-surface.png" in page.images
+    assert "ravine landscape NEW_FOLDER --kind surface --resolution 3" in page.code
+    import numpy as np
+
+    loss = np.load(copy / "landscape-surface.npz")["loss/train"]
+    text = " ".join(page.text)
+    assert f"train: loss {loss[1, 1]:.4g} at the centre, from {loss.min():.4g}" in text

@@ -152,7 +152,7 @@ def compare(
         bool,
         typer.Option(help="Replace what the output folder holds (another comparison or run)."),
     ] = False,
-    report: Annotated[
+    write_report: Annotated[
         bool,
         typer.Option(
             "--report", help="Also write report.html into the folder (see ravine report)."
@@ -230,7 +230,7 @@ def compare(
         written = write_compare_outputs(result, out, plots=plots, fmt=image_format)
         folder.finish()
     console.print(f"wrote {len(written)} files to {out}/")
-    _after_run(out, report)
+    _after_run(out, write_report)
 
 
 @command
@@ -313,7 +313,7 @@ def train(
             "valid); without it, a folder holding another run is refused.",
         ),
     ] = False,
-    report: Annotated[
+    write_report: Annotated[
         bool,
         typer.Option(
             "--report", help="Also write report.html into the folder (see ravine report)."
@@ -401,7 +401,7 @@ def train(
     _run_training(
         run, out, curvature_every, gradient_health, replace=replace, tensorboard=tensorboard
     )
-    _after_run(out, report)
+    _after_run(out, write_report)
 
 
 def _claim(out: Path, kind: str, config: str, *, replace: bool):
@@ -642,7 +642,7 @@ def probe(
     k: Annotated[
         int, typer.Option(help="Top and bottom Hessian eigenvalues to find (at most 1,000).")
     ] = 5,
-    report: Annotated[
+    write_report: Annotated[
         bool,
         typer.Option(
             "--report", help="Also write report.html into the folder (see ravine report)."
@@ -677,7 +677,7 @@ def probe(
     for line in report["lines"]:
         console.print(line)
     console.print(f"wrote probe.json and figures to {run_dir}/")
-    _after_run(run_dir, report)
+    _after_run(run_dir, write_report)
 
 
 @command
@@ -686,7 +686,7 @@ def landscape(
     kind: Annotated[str, typer.Option(help="interp, surface or trajectory.")] = "surface",
     resolution: Annotated[int, typer.Option(help="Grid points per axis (2 to 1,000).")] = 25,
     examples: Annotated[int, typer.Option(help="Examples per split evaluated.")] = 1000,
-    report: Annotated[
+    write_report: Annotated[
         bool,
         typer.Option(
             "--report", help="Also write report.html into the folder (see ravine report)."
@@ -724,7 +724,7 @@ def landscape(
     except (ConfigError, DamagedFileError, FolderInUseError) as error:
         raise UsageFailure(str(error)) from None
     console.print(f"wrote {', '.join(p.name for p in written)} to {run_dir}/")
-    _after_run(run_dir, report)
+    _after_run(run_dir, write_report)
 
 
 def _after_run(folder: Path, wanted: bool) -> None:

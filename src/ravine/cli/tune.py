@@ -74,7 +74,7 @@ def tune(
             "(tensorboard/trial-N/).",
         ),
     ] = False,
-    report: Annotated[
+    write_report: Annotated[
         bool,
         typer.Option(
             "--report", help="Also write report.html into the folder (see ravine report)."
@@ -134,7 +134,7 @@ def tune(
         with locked(out):
             written = write_tune_events(out)
         typer.echo(f"wrote {written}/")
-    if report:
+    if write_report:
         from ravine.cli.report import after_run
 
         after_run(out)
