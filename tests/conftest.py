@@ -64,3 +64,18 @@ def curvature_tracker():
         optimizer.step()
         tracker(model, step)
     return tracker
+
+
+TUNE_ARGV = ["tune", "--space", "all", "--trials", "2", "--batch", "2", "--epochs", "1",
+             "--batch-size", "256", "--tensorboard"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tune_run(tmp_path_factory):
+    """A tiny tuning study over Adam's whole published space, with TensorBoard events; the
+    same command again (``TUNE_ARGV + ["--out", folder]``) reports it again without training."""
+    from ravine.cli.main import main
+
+    out = tmp_path_factory.mktemp("tune") / "study"
+    assert main([*TUNE_ARGV, "--out", str(out)]) == 0
+    return out

@@ -209,3 +209,22 @@ def test_landscape_report_option_adds_its_findings(watched_run, tmp_path, capsys
     loss = np.load(copy / "landscape-surface.npz")["loss/train"]
     text = " ".join(page.text)
     assert f"train: loss {loss[1, 1]:.4g} at the centre, from {loss.min():.4g}" in text
+
+
+def test_tune_report_reproduces_the_study(tune_run, tmp_path, capsys):
+    from ravine.cli.study_options import load_tune_config
+    from ravine.folders import holder
+
+    assert main(["report", str(tune_run)]) == 0
+    page = page_of(tune_run / "report.html")
+    with open(tune_run / "trials.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    exact = {e for e, _ in page.cells}
+    assert {r["value"] for r in rows} | {r["param_lr"] for r in rows} <= exact
+    # The configuration shown, saved as tune.toml, is the very study the folder holds.
+    (config,) = [t for t in page.text if t.startswith("[data]")]
+    saved = tmp_path / "tune.toml"
+    saved.write_text(config)
+    loaded = load_tune_config(saved, train_overrides={}, tune_overrides={})
+    assert loaded.describe() == holder(tune_run).config
+    assert "ravine tune --config tune.toml --out NEW_FOLDER" in page.code

@@ -105,18 +105,14 @@ def test_curvature_records(watched_run, curvature_tracker, tmp_path):
         )
 
 
-def test_tune_trials_as_runs(tmp_path):
-    from ravine.cli.main import main
-
-    out = tmp_path / "tune"
-    argv = ["tune", "--trials", "2", "--batch", "2", "--epochs", "1", "--batch-size", "256",
-            "--out", str(out), "--tensorboard"]  # fmt: skip
-    assert main(argv) == 0
-    document = json.loads((out / "trials.json").read_text())
+def test_tune_trials_as_runs(tune_run):
+    document = json.loads((tune_run / "trials.json").read_text())
+    assert len(document["trials"]) == 2
     for trial in document["trials"]:
-        board = events(out / "tensorboard" / f"trial-{trial['number']:04d}")
+        board = events(tune_run / "tensorboard" / f"trial-{trial['number']:04d}")
         curve = document["curves"][str(trial["number"])]
         assert scalars(board, "epoch/val_loss") == as_float32(curve)
+        assert scalars(board, "final/val_loss") == as_float32([(0, trial["value"])])
         assert "_hparams_/session_start_info" in board.PluginTagToContent("hparams")
 
 

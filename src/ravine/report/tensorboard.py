@@ -17,7 +17,8 @@ into the run folder's ``tensorboard/``:
 :func:`write_tune_events` writes a tuning study's trials (one run per trial: its validation
 curve and its hyperparameters) from the study's ``trials.json``.
 
-A resumed run appends new event files; TensorBoard drops the events of a tag whose step goes
+Run again on a finished study, it writes only the trials it has not written before. A resumed
+training run appends new event files; TensorBoard drops the events of a tag whose step goes
 back (what a resume after a crash between an epoch's log and its checkpoint looks like), so
 each curve reads as one uninterrupted run. When the writer closes, the event files are
 recorded in the folder's checksummed manifest (so ``--replace`` removes them with the run).
@@ -29,7 +30,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,10 @@ def write_tune_events(folder: str | Path) -> Path:
     curves = trials.get("curves") or {}
     for trial in trials.get("trials") or []:
         number = int(trial["number"])
+        if trial.get("state") in ("RUNNING", "WAITING") or _written(
+            log_dir / f"trial-{number:04d}"
+        ):
+            continue  # a finished trial never changes: an earlier call wrote it already
         writer = _writer(log_dir / f"trial-{number:04d}")
         for epoch, value in curves.get(str(number)) or []:
             if _finite(value):
@@ -269,6 +274,7 @@ def write_tune_events(folder: str | Path) -> Path:
     return log_dir
 
 
-def trial_numbers(log_dir: Path) -> Sequence[int]:
-    """The trials a study's log folder holds (for tests and the report)."""
-    return sorted(int(p.name.split("-")[1]) for p in log_dir.glob("trial-*"))
+def _written(run_dir: Path) -> bool:
+    from ravine.folders import recorded
+
+    return any(recorded(p) for p in run_dir.glob("*tfevents*"))
