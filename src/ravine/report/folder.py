@@ -231,10 +231,14 @@ def read_folder(path: str | Path) -> FolderRecord:
 
 def _figures(path: Path) -> list[Figure]:
     figures = []
-    for entry in sorted(path.iterdir()):
+    entries = sorted(path.iterdir())
+    vector = {e.stem for e in entries if e.suffix.lower() == ".svg"}
+    for entry in entries:
         mime = _FIGURE_TYPES.get(entry.suffix.lower())
         if mime is None or not entry.is_file() or entry.name.startswith("."):
             continue
+        if entry.suffix.lower() == ".png" and entry.stem in vector:
+            continue  # drawn both ways (--format svg): the vector one, once
         data = read_verified(entry)
         figures.append(Figure(entry.name, mime, base64.b64encode(data).decode("ascii")))
     return figures
