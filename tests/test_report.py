@@ -154,6 +154,7 @@ def test_several_folders_side_by_side(watched_run, restarts_run, tmp_path, capsy
     assert err == [f"error: {out} exists; choose another --out or replace it (--replace)"]
     assert out.read_bytes() == before
     assert main(["report", str(watched_run), "--out", str(out), "--replace"]) == 0
+    assert not (tmp_path / ".ravine").exists()  # a file of its own: no manifest beside it
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,7 @@ __all__ = [
     "read_verified",
     "save_checkpoint",
     "write_files",
+    "write_standalone",
 ]
 
 BOOKKEEPING = ".ravine"
@@ -169,6 +170,36 @@ def write_files(
             tmp.unlink(missing_ok=True)
         for tmp, *_ in carried:
             tmp.unlink(missing_ok=True)
+
+
+def write_standalone(path: str | os.PathLike[str], data: bytes, *, replace: bool = False) -> Path:
+    """Write ``data`` to a file of its own (one the user named, outside any run folder: no
+    manifest is written beside it), atomically. Unless ``replace``, an existing ``path`` is
+    kept (``FileExistsError``), checked at the instant of the commit: the file is linked into
+    place, which fails if one appeared meanwhile."""
+    path = Path(path)
+    tmp = _temporary(path.parent, path.name)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links here: check, then rename (a narrow race)
+                if path.exists():
+                    raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _sync_directory(path.parent)
+    return path
 
 
 def previous_name(name: str) -> str:

@@ -4,7 +4,8 @@ from the network) for one ravine folder, or several side by side.
 The page is rendered from the Jinja2 template ``templates/report.html.j2`` (autoescaped);
 what it shows is read by :mod:`ravine.report.folder`. A folder's report is written into the
 folder itself (``report.html``, atomically and checksummed, under the folder's lock); a
-comparison of several folders goes to a file the caller names.
+comparison of several folders goes to a file the caller names (atomically, beside no
+manifest: it is not part of any run folder).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ravine.folders import atomic_write_text, locked, recorded
+from ravine.folders import atomic_write_text, locked, recorded, write_standalone
 from ravine.report.folder import (
     REPORT_NAME,
     Figure,
@@ -138,8 +139,13 @@ def write_report(
     out = Path(out)
     if out.is_dir():
         raise ReportError(f"--out {out} is a folder; name the HTML file to write")
+    refusal = f"{out} exists; choose another --out or replace it (--replace)"
     if out.exists() and not replace:
-        raise ReportError(f"{out} exists; choose another --out or replace it (--replace)")
+        raise ReportError(refusal)  # before the work; write_standalone checks again
     records = [read_folder(f) for f in folders]
-    atomic_write_text(out, render_report(records))
-    return out
+    page = render_report(records).encode("utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return write_standalone(out, page, replace=replace)
+    except FileExistsError:
+        raise ReportError(refusal) from None
