@@ -167,6 +167,12 @@ def compare(
         bool,
         typer.Option(help="Replace what the output folder holds (another comparison or run)."),
     ] = False,
+    write_report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
+        ),
+    ] = False,
 ) -> None:
     """Race optimizers on analytic problems from shared random starts; rank them.
 
@@ -206,6 +212,7 @@ def compare(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ravine.report.compare import summary_tables, write_compare_outputs
+    from ravine.report.tables import print_table
     from ravine.study.compare import (
         DEFAULT_OPTIMIZERS,
         DEFAULT_PROBLEMS,
@@ -238,11 +245,14 @@ def compare(
             task = progress.add_task("compare", total=total)
             result = run_compare(config, on_progress=lambda n: progress.advance(task, n))
         for table in summary_tables(result):
-            console.print(table)
+            print_table(
+                console, table, droppable=("div.", "dist", "best"), source=f"{out}/summary.csv"
+            )
             console.print()
         written = write_compare_outputs(result, out, plots=plots, fmt=image_format)
         folder.finish()
     console.print(f"wrote {len(written)} files to {out}/")
+    _after_run(out, write_report)
 
 
 @command
@@ -340,6 +350,14 @@ def train(
         int | None,
         typer.Option(help="Intra-op threads. Default: 1 for small networks, else torch's."),
     ] = None,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard",
+            help="Also write TensorBoard event files (scalars, histograms, hparams) into "
+            "the run folder's tensorboard/.",
+        ),
+    ] = False,
     replace: Annotated[
         bool,
         typer.Option(
@@ -347,6 +365,12 @@ def train(
             "--fresh",
             help="Replace the run the output folder holds (only once this run's config is "
             "valid); without it, a folder holding another run is refused.",
+        ),
+    ] = False,
+    write_report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
         ),
     ] = False,
 ) -> None:
@@ -432,8 +456,13 @@ def train(
     _preflight(run)  # the model, the optimizer, the data, the update count, the memory
     from ravine.cli.study_options import threads_for
 
+    if tensorboard:
+        _check_tensorboard()
     with threads_for(run, run.restarts, threads):
-        _run_training(run, out, curvature_every, gradient_health, replace=replace)
+        _run_training(
+            run, out, curvature_every, gradient_health, replace=replace, tensorboard=tensorboard
+        )
+    _after_run(out, write_report)
 
 
 def _with_pairs(run, config: Path | None, lr: float | None, data: Path | None, pairs: dict):
@@ -611,8 +640,25 @@ def _check_pretrained(run, splits) -> None:
         raise ConfigError(f"[model] pretrained: nothing in {run.pretrained} matches the model")
 
 
+def _check_tensorboard() -> None:
+    """--tensorboard needs the tensorboard package (the dev extra); say so before training."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise UsageFailure(
+            "--tensorboard needs the tensorboard package: pip install tensorboard "
+            '(or pip install -e ".[dev]")'
+        )
+
+
 def _run_training(
-    run, out: Path, curvature_every: int = 0, gradient_health: bool = False, *, replace=False
+    run,
+    out: Path,
+    curvature_every: int = 0,
+    gradient_health: bool = False,
+    *,
+    replace=False,
+    tensorboard: bool = False,
 ) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -647,22 +693,44 @@ def _run_training(
                 status += f"  loss {info['loss']:.4f}"
             progress.update(task, completed=info["step"], total=info["total"], status=status)
 
+        logger = None
         try:
             tracker = _curvature_tracker(run, curvature_every) if curvature_every else None
             health = _gradient_health() if gradient_health else None
             callbacks = [c for c in (tracker, health) if c is not None]
-            result = train(run, out, on_progress=on_progress, callbacks=callbacks, replace=replace)
+            if tensorboard:  # hooked from above: train knows nothing of TensorBoard
+                from ravine.report.tensorboard import TensorBoardLogger, run_hparams
+
+                logger = TensorBoardLogger(out, hparams=run_hparams(run))
+                if run.restarts == 1:
+                    callbacks.append(logger)
+            result = train(
+                run,
+                out,
+                on_progress=on_progress,
+                callbacks=callbacks,
+                replace=replace,
+                on_epoch=logger.on_epoch if logger is not None else None,
+            )
             with locked(out):
                 draw_run_figures(result, run)
                 if tracker is not None:
                     _write_curvature(tracker, out)
                 if health is not None:
                     _write_gradient_health(health, out, console)
+                if logger is not None:
+                    logger.finish(result, curvature=tracker, gradient_health=health)
         except (ConfigError, DamagedFileError, FolderInUseError) as error:
             raise UsageFailure(str(error)) from None
         except KeyboardInterrupt:
+            if logger is not None:  # the epochs so far stay readable; a resume appends
+                with locked(out):
+                    logger.close()
             raise Interrupted(_interrupted_message(out)) from None
         except NonFiniteGradientError as error:
+            if logger is not None:
+                with locked(out):
+                    logger.close()
             console.print(f"training stopped: {error}")
             if any(out.glob("*checkpoint.pt")):
                 console.print(f"the last good checkpoint is in {out}/")
@@ -690,6 +758,12 @@ def probe(
     k: Annotated[
         int, typer.Option(help="Top and bottom Hessian eigenvalues to find (at most 1,000).")
     ] = 5,
+    write_report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
+        ),
+    ] = False,
 ) -> None:
     """Gradient health, curvature and saddle report of a trained run.
 
@@ -719,6 +793,7 @@ def probe(
     for line in report["lines"]:
         console.print(line)
     console.print(f"wrote probe.json and figures to {run_dir}/")
+    _after_run(run_dir, write_report)
 
 
 @command
@@ -727,6 +802,12 @@ def landscape(
     kind: Annotated[str, typer.Option(help="interp, surface or trajectory.")] = "surface",
     resolution: Annotated[int, typer.Option(help="Grid points per axis (2 to 1,000).")] = 25,
     examples: Annotated[int, typer.Option(help="Examples per split evaluated.")] = 1000,
+    write_report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
+        ),
+    ] = False,
 ) -> None:
     """Loss landscape of a trained run: interpolation, surface, or trajectory.
 
@@ -759,6 +840,14 @@ def landscape(
     except (ConfigError, DamagedFileError, FolderInUseError) as error:
         raise UsageFailure(str(error)) from None
     console.print(f"wrote {', '.join(p.name for p in written)} to {run_dir}/")
+    _after_run(run_dir, write_report)
+
+
+def _after_run(folder: Path, wanted: bool) -> None:
+    if wanted:
+        from ravine.cli.report import after_run
+
+        after_run(folder)
 
 
 def _curvature_tracker(run, every: int):
@@ -814,13 +903,15 @@ def _write_curvature(tracker, out: Path) -> None:
 def _print_restarts(console, result) -> None:
     from rich.table import Table
 
+    from ravine.report.tables import print_table
+
     table = Table(title=f"{result.restarts} restarts ({result.method})", title_justify="left")
     for column in ("metric", "best", "median", "worst", "std"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for metric, stats in result.summary.items():
         if isinstance(stats, dict) and "median" in stats:
             table.add_row(metric, *(f"{stats[k]:.4g}" for k in ("best", "median", "worst", "std")))
-    console.print(table)
+    print_table(console, table, droppable=("std",), source=f"{result.out_dir}/restarts.json")
     if result.ensemble:
         console.print(
             "ensemble of the restarts: "
@@ -874,6 +965,7 @@ def _silence_stdout() -> None:
 
 
 # Command groups in their own modules register on `app` when imported (after it exists).
+from ravine.cli import report as _report  # noqa: E402, F401
 from ravine.cli import study as _study  # noqa: E402, F401
 from ravine.cli import tune as _tune  # noqa: E402, F401
 
