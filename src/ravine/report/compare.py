@@ -64,7 +64,9 @@ def summary_tables(result: CompareResult) -> list[Table]:
         )
         table = Table(
             title=f"{spec}: {problem.description}",
-            caption=f"success: {goal}. steps: median steps to get there. final, best: "
+            caption=f"success: {goal}. steps: median over the starts of the step "
+            + ("it escaped" if problem.escape else "from which it stayed there")
+            + " (never: under half succeeded). final, best: "
             "median and best final loss."
             + ("" if problem.escape else " dist: median distance to the nearest minimum.")
             + f" div.: starts that diverged. {result.config.starts} starts, "
