@@ -201,7 +201,7 @@ def _write_plots(result: CompareResult, out: Path, suffix: str) -> list[Path]:
         offset = 0.0 if problem.min_value is None else problem.min_value
         written.append(
             plot_loss_curves(
-                f"{spec}: loss per step (median, 10-90% band over starts)",
+                f"{spec}: loss per step over {result.config.starts} starts",
                 {run.optimizer: run.losses - offset for run in runs},
                 out / f"{stem}-loss.{suffix}",
                 target=problem.target - offset,
