@@ -42,10 +42,12 @@ END = "<!-- ravine:end {name} -->"
 
 @dataclass(frozen=True)
 class Output:
-    """What one command printed and how long it took (wall seconds, start-up included)."""
+    """What one command printed, how long it took (wall seconds, start-up included) and how
+    busy the machine was meanwhile (load average over the run's last minute)."""
 
     text: str
     seconds: float
+    load: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,12 @@ def all_tables(output: Output) -> str:
 
 
 def seconds(output: Output) -> str:
-    """The command's wall time, rounded as README quotes times ("47 s", "9.4 s")."""
+    """The command's wall time, rounded as README quotes times ("47 s", "9.4 s"), with the
+    load average when other work shared the CPUs (a time from a busy machine says so)."""
     value = output.seconds
-    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+    text = f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+    busy = output.load >= 1.5
+    return text + (f" at load average {output.load:.0f}" if busy else "")
 
 
 def _fence(text: str) -> str:
@@ -171,7 +176,8 @@ def run_command(argv: Sequence[str], cwd: Path) -> Output:
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"ravine {' '.join(argv)} exited {done.returncode}: {done.stderr}")
-    return Output(done.stdout, elapsed)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return Output(done.stdout, elapsed, load)
 
 
 def sections_in(readme: str) -> dict[str, tuple[int, int, str]]:
