@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ravine.report.plots import optimizer_color, save_figure
+from ravine.report.axes import integer_ticks, key_beside
+from ravine.report.plots import optimizer_color, optimizer_styles, save_figure
 
 
 def draw_study_figures(result) -> list[Path]:
@@ -132,7 +133,8 @@ def _curves(result, task_name: str, path: Path) -> Path:
         color = optimizer_color(optimizer)
         scale = 100 if classification else 1
         lows += [scale * v for v in lo[1:] if math.isfinite(v)]
-        ax.plot(epochs, [scale * v for v in med], color=color, lw=1.5, label=optimizer)
+        line = optimizer_styles(result.config.optimizers)[optimizer][0]
+        ax.plot(epochs, [scale * v for v in med], color=color, ls=line, lw=1.5, label=optimizer)
         # Light bands: several optimizers overlap here, and dense bands turn into one mud.
         ax.fill_between(
             epochs, [scale * v for v in lo], [scale * v for v in hi], color=color, alpha=0.07, lw=0
@@ -147,9 +149,9 @@ def _curves(result, task_name: str, path: Path) -> Path:
         ax.set_yscale("log")
         ax.set_ylabel("validation loss")
     ax.set_xlabel("epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    integer_ticks(ax.xaxis)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncols=2, loc="lower right" if classification else "upper right")
+    key_beside(ax)  # beside, not over the race near the top
     ax.set_title(
         f"{task_name}: best configuration of each optimizer, median and range over "
         f"{result.config.seeds} seeds",
@@ -176,7 +178,8 @@ def _sensitivity(result, task_name: str, path: Path) -> Path:
         lrs, values, lo, hi = zip(*points, strict=True)
         values_seen += list(values)
         color = optimizer_color(optimizer)
-        ax.plot(lrs, values, "o-", color=color, ms=3, lw=1.2, label=optimizer)
+        line, marker = optimizer_styles(result.config.optimizers)[optimizer]
+        ax.plot(lrs, values, ls=line, marker=marker, color=color, ms=4, lw=1.2, label=optimizer)
         if result.config.tune_seeds > 1:
             ax.fill_between(lrs, lo, hi, color=color, alpha=0.15, lw=0)
     ax.set_xscale("log")
@@ -187,7 +190,7 @@ def _sensitivity(result, task_name: str, path: Path) -> Path:
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel(f"{metric} (best epoch, mean over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncols=2)
+    key_beside(ax)
     band = f"; band: the {result.config.tune_seeds} seeds" if result.config.tune_seeds > 1 else ""
     ax.set_title(f"{task_name}: learning-rate sensitivity of the tuning trials{band}", fontsize=10)
     return save_figure(fig, path)
@@ -212,6 +215,7 @@ def _profiles(result, path: Path) -> Path:
             [r + offset for r in rhos],
             where="post",
             color=optimizer_color(optimizer),
+            ls=optimizer_styles(result.config.optimizers)[optimizer][0],
             lw=1.6,
             label=f"{optimizer} ({result.scores[optimizer]:.2f})",
         )
@@ -220,6 +224,6 @@ def _profiles(result, path: Path) -> Path:
     ax.set_xlabel("τ: updates to target / the fastest optimizer's")
     ax.set_ylabel("fraction of tasks within τ")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title="optimizer (score)", title_fontsize=8, loc="lower right")
+    key_beside(ax, title="optimizer (score)", title_fontsize=8)
     ax.set_title(f"performance profiles over {len(result.config.tasks)} tasks", fontsize=10)
     return save_figure(fig, path)
