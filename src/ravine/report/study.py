@@ -225,5 +225,22 @@ def _profiles(result, path: Path) -> Path:
     ax.set_ylabel("fraction of tasks within τ")
     ax.grid(alpha=0.3)
     key_beside(ax, title="optimizer (score)", title_fontsize=8)
-    ax.set_title(f"performance profiles over {len(result.config.tasks)} tasks", fontsize=10)
+    if all(r == 0 for steps in result.profiles.values() for _, r in steps):
+        # A flat line at 0 reads like a drawing error; say what it means.
+        ax.text(
+            0.5,
+            0.5,
+            "no optimizer reached the target on any task:\nevery profile is 0",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=9,
+            color="0.3",
+        )
+    n_tasks = len(result.config.tasks)
+    ax.set_title(
+        f"performance profiles over {n_tasks} task{'s' if n_tasks != 1 else ''} "
+        "(higher and further left is better)",
+        fontsize=10,
+    )
     return save_figure(fig, path)
