@@ -238,6 +238,8 @@ def _trajectories_figure(
                 if len(runs) > 1
                 else (" (left the map)")
             )
+        elif len(runs) == 1 and not drawn.diverged:
+            label += _distance_note(problem, runs[0])
         line, marker = styles[name]
         handles.append(
             Line2D([], [], color=color, lw=2, ls=line, marker=marker, label=label, **_END)
@@ -251,6 +253,9 @@ def _trajectories_figure(
         *_landmark_handles(problem, marks=marks, stride=stride),
     ]
     _frame(ax, problem)
+    # An equal-aspect map shrinks inside its slot; anchored left, the key beside it stays in
+    # the figure (centred, it was pushed past the right edge).
+    ax.set_anchor("W")
     ax.set_xlabel("$x_1$")
     ax.set_ylabel("$x_2$")
     ax.set_title(
@@ -264,7 +269,12 @@ def _trajectories_figure(
             borderaxespad=0.0,
             fontsize=9,
             frameon=False,
-            title="marker: where each path ends",
+            title="marker: where each path ends"
+            + (
+                "\nnumber: its distance to the minimum"
+                if n_starts == 1 and len(problem.minima)
+                else ""
+            ),
             title_fontsize=8,
             alignment="left",
         )
@@ -529,7 +539,8 @@ def _draw_runs(
             continue
         exit_point = _exit_point(xy, lo, hi)
         if exit_point is None:
-            ax.plot(*xy[-1], ls="", marker=marker, color=color, zorder=5, **_scaled(_END, ms))
+            # Above the minimum's star (zorder 6): many paths end on it.
+            ax.plot(*xy[-1], ls="", marker=marker, color=color, zorder=7, **_scaled(_END, ms))
         else:
             drawn.exits += 1
             point, side = exit_point
@@ -543,6 +554,17 @@ def _draw_runs(
                 **_scaled(_EXIT, ms),
             )
     return drawn
+
+
+def _distance_note(problem: AnalyticProblem, run: np.ndarray) -> str:
+    """ ": ends 3e-09 from the minimum" for one path, so ends hidden under the minimum's star
+    (several optimizers often finish on it) still read apart; "" without minima."""
+    minima = problem.minima.numpy()  # (k, 2)
+    finite = run[np.isfinite(run).all(axis=1)]
+    if not len(minima) or not len(finite):
+        return ""
+    distance = float(np.linalg.norm(minima - finite[-1], axis=1).min())
+    return f"  {distance:.0e}"
 
 
 # Triangles pointing out of the map through the side a path left by.
@@ -849,7 +871,7 @@ def plot_loss_curves(
     )
     every_ax = [ax, *grid.flat]
     for a in every_ax:  # scale and limits first: autoscaling a diverged 1e300 would overflow
-        _loss_scale(a, scale, bottom, top, linthresh)
+        _loss_scale(a, scale, bottom, top, linthresh, numticks=10 if a is ax else 5)
     n_steps = max((a.shape[1] - 1 for a in curves.values()), default=1) or 1
 
     handles: list[Any] = []
@@ -927,12 +949,18 @@ def plot_loss_curves(
     return save_figure(fig, path)
 
 
-def _loss_scale(ax: Axes, scale: str, bottom: float, top: float, linthresh: float) -> None:
+def _loss_scale(
+    ax: Axes, scale: str, bottom: float, top: float, linthresh: float, numticks: int = 10
+) -> None:
+    """Scale and limits of a loss axis; ``numticks`` labels at most (small panels take fewer)."""
+    from matplotlib.ticker import LogLocator
+
     if scale == "log":
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(numticks=numticks))
     elif scale == "symlog":
         ax.set_yscale("symlog", linthresh=linthresh)
-        ax.yaxis.get_major_locator().set_params(numticks=10)  # every 2nd decade past ~18
+        ax.yaxis.get_major_locator().set_params(numticks=numticks)  # every 2nd decade past ~18
     ax.set_ylim(bottom, top)
 
 
