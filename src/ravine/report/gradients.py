@@ -52,8 +52,8 @@ def plot_gradient_flow(
         logs = np.log10(grid)
     shown = np.ma.masked_invalid(logs)
 
-    height = max(3.0, 0.32 * len(layers) + 1.6)
-    fig = Figure(figsize=(8.0, height))
+    height = max(3.4, 0.32 * len(layers) + 2.0)
+    fig = Figure(figsize=(8.0, height), layout="constrained")
     ax = fig.add_subplot()
     cmap = _cmap("viridis").with_extremes(bad="#d0d0d0")
     finite = logs[np.isfinite(logs)]
@@ -75,7 +75,15 @@ def plot_gradient_flow(
     ax.set_title(title)
     bar = fig.colorbar(image, ax=ax, pad=0.02)
     bar.set_label("log10 ‖∂L/∂W‖")
-    fig.tight_layout()
+    fig.supxlabel(
+        textwrap.fill(
+            "each column: the weight gradient's norm before one update. Vanishing gradients: "
+            "darker towards the input (top); exploding: bright rows or columns; grey: none",
+            100,
+        ),
+        fontsize=8,
+        color="0.3",
+    )
     return save_figure(fig, path)
 
 
