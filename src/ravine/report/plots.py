@@ -170,6 +170,12 @@ def plot_trajectories(
     crawls. Many paths (every start of many optimizers) are drawn thinner and fainter, with no
     step dots; ``plot_trajectory_grid`` gives each optimizer its own panel instead.
 
+    Each optimizer has its colour, line style and end marker (``optimizer_styles``), and
+    later paths are drawn thinner over earlier ones, so paths sharing a valley stay apart. A
+    path that ends outside the map gets a triangle where it last crossed the edge; with one
+    start, the key gives each path's distance to the nearest minimum (ends often pile up on
+    it). The key sits beside the map, level with its top; the colour bar under it.
+
     Args:
       problem: a 2-D ``AnalyticProblem``; the map covers ``problem.bounds``.
       trajectories: ``{optimizer name: array (starts, steps + 1, 2)}`` (numpy or torch). A path
