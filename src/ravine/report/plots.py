@@ -927,13 +927,17 @@ def plot_loss_curves(
         bottom_panel.set_xlabel("step", fontsize=9)
     for a in grid[:, 0] if panels else ():
         a.set_ylabel(ylabel, fontsize=9)
+    sizes = {len(a) for a in curves.values()}
+    band_text = f"{lo_pct:g}-{hi_pct:g}th percentile band over the starts"
+    if max(sizes, default=0) <= max_lines:
+        what = "each start (thin)"
+    elif min(sizes) > max_lines:
+        what = band_text
+    else:
+        what = f"each start (thin; above {max_lines} starts the {band_text})"
+    if not panels and curves:  # one optimizer: its starts are on the overview
+        handles.insert(1, Line2D([], [], color=colors[next(iter(curves))], lw=0.6, label=what))
     if panels:
-        n_starts = max(len(a) for a in curves.values())
-        what = (
-            f"each start (thin, {n_starts} per optimizer)"
-            if n_starts <= max_lines
-            else f"{lo_pct:g}-{hi_pct:g}th percentile band over {n_starts} starts"
-        )
         grid_fig.suptitle(
             f"one panel per optimizer: {what}, its median (bold); grey: the other optimizers' "
             "medians",
