@@ -76,11 +76,10 @@ def study_tables(result):
                 f"{cell.to_target.get('reached', 0)}/{cell.to_target.get('seeds', 0)}",
             )
         tables.append(table)
-    # The meaning of the score sits in its column header: a title wider than this narrow table
-    # wrapped onto five lines.
-    overall = Table(title="overall ranking by performance profile", title_justify="left")
-    score = "score: area under the profile (1: fastest on every task, 0: never reached)"
-    for column in ("#", "optimizer", score):
+    # Short title and header: a title wider than this narrow table wraps onto five lines. What
+    # the score means is in study-profiles.png and README.
+    overall = Table(title="overall ranking (1 = fastest on every task)", title_justify="left")
+    for column in ("#", "optimizer", "profile score"):
         overall.add_column(column, justify="left" if column == "optimizer" else "right")
     for rank, name in enumerate(result.ranking(), start=1):
         overall.add_row(str(rank), name, f"{result.scores[name]:.3f}")
