@@ -78,7 +78,8 @@ def study_tables(result):
         tables.append(table)
     # Short title and header: a title wider than this narrow table wraps onto five lines. What
     # the score means is in study-profiles.png and README.
-    overall = Table(title="overall ranking (1 = fastest on every task)", title_justify="left")
+    title = "overall ranking (1 = fastest on every task)"
+    overall = Table(title=title, title_justify="left", min_width=len(title))
     for column in ("#", "optimizer", "profile score"):
         overall.add_column(column, justify="left" if column == "optimizer" else "right")
     for rank, name in enumerate(result.ranking(), start=1):
