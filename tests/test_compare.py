@@ -145,3 +145,20 @@ def test_outputs_are_written_and_agree_with_the_result(tmp_path):
     arrays = np.load(tmp_path / "runs.npz")
     np.testing.assert_array_equal(arrays["rosenbrock/adam/losses"], result.runs[1].losses)
     assert arrays["rastrigin:dim=3/sgd/positions"].shape == (8, 21, 3)
+
+
+def test_steps_count_only_successes_so_they_never_contradict_the_success_column():
+    # RMSprop on the quadratic touches the tolerance, then oscillates back out: 0/8 successes
+    # once printed "steps 754". A bounded run's steps are those after which it stays below.
+    from ravine.study.compare import Run
+
+    losses = np.array([[1.0, 1e-7, 1.0, 1e-7, 1e-8], [1.0, 1e-7, 1.0, 1e-7, 1.0]])
+    run = Run("rmsprop", "q", np.zeros((2, 5, 2)), losses, 1e-6, False, np.zeros(2))
+    assert run.steps_to_target.tolist() == [1.0, 1.0]
+    assert run.steps_to_success.tolist() == [3.0, math.inf]
+    escaping = np.array([[0.0, -0.5, -2.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    escape = Run("adam", "s", np.zeros((2, 5, 2)), escaping, -1.0, True, np.zeros(2))
+    assert escape.steps_to_success.tolist() == [2.0, math.inf]  # escaping once is enough
+    result = run_compare(_config(["rmsprop", "sgd:lr=0.006"], ["quadratic"], steps=800))
+    for row in result.summary:
+        assert math.isfinite(row.median_steps) == (row.successes * 2 >= row.starts), row

@@ -437,6 +437,18 @@ def test_fuzz_landscape(folder, argv, arena):
     Example(arena).run(["landscape", folder, *argv], allowed=(folder,))
 
 
+REPORT = {"--out": st.one_of(weird, st.sampled_from(["r.html", "../fixtures/run/r.html", "x.htm"]))}
+
+
+@fuzz(20)
+@given(
+    folders=st.lists(st.sampled_from(RUN_FOLDERS), min_size=1, max_size=3),
+    argv=command_lines(REPORT, flags=("--replace",)),
+)
+def test_fuzz_report(folders, argv, arena):
+    Example(arena).run(["report", *folders, *argv], allowed=tuple(folders))
+
+
 @fuzz(40)
 @given(
     argv=st.lists(

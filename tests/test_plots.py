@@ -261,3 +261,48 @@ def test_colors_are_stable_and_distinct():
 def test_module_docstring_example_runs():
     failures, tried = doctest.testmod(plots)
     assert tried > 0 and failures == 0
+
+
+def _inside(inner, outer, slack=1.0):
+    return (
+        inner.x0 >= outer.x0 - slack
+        and inner.x1 <= outer.x1 + slack
+        and inner.y0 >= outer.y0 - slack
+        and inner.y1 <= outer.y1 + slack
+    )
+
+
+def test_trajectory_key_sits_beside_the_map_and_marks_exits_and_ends(tmp_path):
+    problem = make_problem("saddle")
+    up = np.stack([np.zeros(41), np.linspace(0.01, -4.0, 41)], axis=1)  # leaves by the bottom
+    stay = np.stack([np.linspace(-1.0, -0.1, 41), np.zeros(41)], axis=1)
+    runs = {name: (up if i % 2 else stay)[None] for i, name in enumerate(OPTIMIZER_COLORS)}
+    fig = plots._trajectories_figure(problem, runs, None, None, 30)
+    fig.draw_without_rendering()  # runs the layout engine, as saving does
+    (ax,) = [a for a in fig.axes if a.get_legend()]
+    legend = ax.get_legend().get_window_extent()
+    box = ax.get_window_extent()
+    assert _inside(legend, fig.bbox)  # inside the figure, not cut off
+    assert legend.x0 >= box.x1 and legend.y1 <= box.y1 + 1  # beside the map, level with its top
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "momentum (left the map)" in labels and "left the map here, ended outside" in labels
+    exits = [line for line in ax.get_lines() if not line.get_clip_on()]  # drawn on the edge
+    assert len(exits) == 4
+    assert all(line.get_marker() == "v" and np.isclose(line.get_ydata()[0], -1.5) for line in exits)
+    assert len(set(plots.optimizer_styles(OPTIMIZER_COLORS).values())) == len(OPTIMIZER_COLORS)
+
+
+def test_grid_key_explains_ends(tmp_path):
+    problem = make_problem("quadratic")
+    fig = plots._trajectory_grid_figure(
+        problem, _paths(problem), title=None, columns=4, max_starts=2, resolution=30
+    )
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "start" in labels and "end (last step)" in labels
+
+
+def test_loss_curves_draw_medians_then_one_panel_per_optimizer(tmp_path):
+    out = plot_loss_curves("l", _losses("bounded"), tmp_path / "l.png", target=1e-6)
+    _assert_png(out)
+    image = matplotlib.image.imread(out)
+    assert image.shape[0] > 1.2 * 4.6 * plots._DPI  # overview plus a row of panels

@@ -54,6 +54,7 @@ __all__ = [
     "read_verified",
     "save_checkpoint",
     "write_files",
+    "write_standalone",
 ]
 
 BOOKKEEPING = ".ravine"
@@ -171,6 +172,36 @@ def write_files(
             tmp.unlink(missing_ok=True)
 
 
+def write_standalone(path: str | os.PathLike[str], data: bytes, *, replace: bool = False) -> Path:
+    """Write ``data`` to a file of its own (one the user named, outside any run folder: no
+    manifest is written beside it), atomically. Unless ``replace``, an existing ``path`` is
+    kept (``FileExistsError``), checked at the instant of the commit: the file is linked into
+    place, which fails if one appeared meanwhile."""
+    path = Path(path)
+    tmp = _temporary(path.parent, path.name)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise
+            except OSError:  # no hard links here: check, then rename (a narrow race)
+                if path.exists():
+                    raise FileExistsError(errno.EEXIST, "file exists", str(path)) from None
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _sync_directory(path.parent)
+    return path
+
+
 def previous_name(name: str) -> str:
     """``checkpoint.pt`` -> ``checkpoint.prev.pt``: where :func:`write_files` keeps the
     version a new one replaced."""
@@ -190,6 +221,13 @@ def read_verified(path: str | os.PathLike[str]) -> bytes:
             "when it wrote the file"
         )
     return data
+
+
+def recorded(path: str | os.PathLike[str]) -> bool:
+    """Whether ravine wrote ``path`` (its folder's manifest lists it): a file ravine may
+    bring up to date, unlike one the user put there."""
+    path = Path(path)
+    return path.name in _read_manifest(path.parent)
 
 
 def forget(path: str | os.PathLike[str]) -> None:

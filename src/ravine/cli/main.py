@@ -168,6 +168,12 @@ def compare(
         bool,
         typer.Option(help="Replace what the output folder holds (another comparison or run)."),
     ] = False,
+    write_report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
+        ),
+    ] = False,
 ) -> None:
     """Race optimizers on analytic problems from shared random starts; rank them.
 
@@ -207,6 +213,7 @@ def compare(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ravine.report.compare import summary_tables, write_compare_outputs
+    from ravine.report.tables import print_table
     from ravine.study.compare import (
         DEFAULT_OPTIMIZERS,
         DEFAULT_PROBLEMS,
@@ -239,11 +246,14 @@ def compare(
             task = progress.add_task("compare", total=total)
             result = run_compare(config, on_progress=lambda n: progress.advance(task, n))
         for table in summary_tables(result):
-            console.print(table)
+            print_table(
+                console, table, droppable=("div.", "dist", "best"), source=f"{out}/summary.csv"
+            )
             console.print()
         written = write_compare_outputs(result, out, plots=plots, fmt=image_format)
         folder.finish()
     console.print(f"wrote {len(written)} files to {out}/")
+    _after_run(out, write_report)
 
 
 @command
@@ -341,6 +351,14 @@ def train(
         int | None,
         typer.Option(help="Intra-op threads. Default: 1 for small networks, else torch's."),
     ] = None,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard",
+            help="Also write TensorBoard event files (scalars, histograms, hparams) into "
+            "the run folder's tensorboard/.",
+        ),
+    ] = False,
     replace: Annotated[
         bool,
         typer.Option(
@@ -357,6 +375,12 @@ def train(
     ] = None,
     compile_model: Annotated[
         bool, typer.Option("--compile", help="torch.compile the model (slower first updates).")
+    ] = False,
+    write_report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
+        ),
     ] = False,
 ) -> None:
     """Train a network; resume automatically from the output folder's checkpoint.
@@ -449,6 +473,8 @@ def train(
     resolved = _resolve_device(device)
     from ravine.cli.study_options import threads_for
 
+    if tensorboard:
+        _check_tensorboard()
     with threads_for(run, run.restarts, threads):
         _run_training(
             run,
@@ -456,9 +482,11 @@ def train(
             curvature_every,
             gradient_health,
             replace=replace,
+            tensorboard=tensorboard,
             device=resolved,
             compile_model=compile_model,
         )
+    _after_run(out, write_report)
 
 
 def _with_pairs(run, config: Path | None, lr: float | None, data: Path | None, pairs: dict):
@@ -655,6 +683,17 @@ def _check_pretrained(run, splits) -> None:
         raise ConfigError(f"[model] pretrained: nothing in {run.pretrained} matches the model")
 
 
+def _check_tensorboard() -> None:
+    """--tensorboard needs the tensorboard package (the dev extra); say so before training."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise UsageFailure(
+            "--tensorboard needs the tensorboard package: pip install tensorboard "
+            '(or pip install -e ".[dev]")'
+        )
+
+
 def _run_training(
     run,
     out: Path,
@@ -664,6 +703,7 @@ def _run_training(
     replace=False,
     device=None,
     compile_model: bool = False,
+    tensorboard: bool = False,
 ) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -702,10 +742,17 @@ def _run_training(
                 status += f"  loss {info['loss']:.4f}"
             progress.update(task, completed=info["step"], total=info["total"], status=status)
 
+        logger = None
         try:
             tracker = _curvature_tracker(run, curvature_every) if curvature_every else None
             health = _gradient_health() if gradient_health else None
             callbacks = [c for c in (tracker, health) if c is not None]
+            if tensorboard:  # hooked from above: train knows nothing of TensorBoard
+                from ravine.report.tensorboard import TensorBoardLogger, run_hparams
+
+                logger = TensorBoardLogger(out, hparams=run_hparams(run))
+                if run.restarts == 1:
+                    callbacks.append(logger)
             result = train(
                 run,
                 out,
@@ -714,6 +761,7 @@ def _run_training(
                 replace=replace,
                 device=device,
                 compile=compile_model,
+                on_epoch=logger.on_epoch if logger is not None else None,
             )
             with locked(out):
                 draw_run_figures(result, run)
@@ -721,11 +769,19 @@ def _run_training(
                     _write_curvature(tracker, out)
                 if health is not None:
                     _write_gradient_health(health, out, console)
+                if logger is not None:
+                    logger.finish(result, curvature=tracker, gradient_health=health)
         except (ConfigError, DamagedFileError, FolderInUseError) as error:
             raise UsageFailure(str(error)) from None
         except KeyboardInterrupt:
+            if logger is not None:  # the epochs so far stay readable; a resume appends
+                with locked(out):
+                    logger.close()
             raise Interrupted(_interrupted_message(out)) from None
         except NonFiniteGradientError as error:
+            if logger is not None:
+                with locked(out):
+                    logger.close()
             console.print(f"training stopped: {error}")
             if any(out.glob("*checkpoint.pt")):
                 console.print(f"the last good checkpoint is in {out}/")
@@ -754,6 +810,12 @@ def probe(
         int, typer.Option(help="Top and bottom Hessian eigenvalues to find (at most 1,000).")
     ] = 5,
     device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    write_report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
+        ),
+    ] = False,
 ) -> None:
     """Gradient health, curvature and saddle report of a trained run.
 
@@ -788,6 +850,7 @@ def probe(
     for line in report["lines"]:
         console.print(line)
     console.print(f"wrote probe.json and figures to {run_dir}/")
+    _after_run(run_dir, write_report)
 
 
 @command
@@ -797,6 +860,12 @@ def landscape(
     resolution: Annotated[int, typer.Option(help="Grid points per axis (2 to 1,000).")] = 25,
     examples: Annotated[int, typer.Option(help="Examples per split evaluated.")] = 1000,
     device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
+    write_report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
+        ),
+    ] = False,
 ) -> None:
     """Loss landscape of a trained run: interpolation, surface, or trajectory.
 
@@ -833,6 +902,14 @@ def landscape(
     except (ConfigError, DamagedFileError, FolderInUseError) as error:
         raise UsageFailure(str(error)) from None
     console.print(f"wrote {', '.join(p.name for p in written)} to {run_dir}/")
+    _after_run(run_dir, write_report)
+
+
+def _after_run(folder: Path, wanted: bool) -> None:
+    if wanted:
+        from ravine.cli.report import after_run
+
+        after_run(folder)
 
 
 def _curvature_tracker(run, every: int):
@@ -884,13 +961,15 @@ def _write_curvature(tracker, out: Path) -> None:
 def _print_restarts(console, result) -> None:
     from rich.table import Table
 
+    from ravine.report.tables import print_table
+
     table = Table(title=f"{result.restarts} restarts ({result.method})", title_justify="left")
     for column in ("metric", "best", "median", "worst", "std"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for metric, stats in result.summary.items():
         if isinstance(stats, dict) and "median" in stats:
             table.add_row(metric, *(f"{stats[k]:.4g}" for k in ("best", "median", "worst", "std")))
-    console.print(table)
+    print_table(console, table, droppable=("std",), source=f"{result.out_dir}/restarts.json")
     if result.ensemble:
         console.print(
             "ensemble of the restarts: "
@@ -944,6 +1023,7 @@ def _silence_stdout() -> None:
 
 
 # Command groups in their own modules register on `app` when imported (after it exists).
+from ravine.cli import report as _report  # noqa: E402, F401
 from ravine.cli import study as _study  # noqa: E402, F401
 from ravine.cli import tune as _tune  # noqa: E402, F401
 

@@ -66,6 +66,12 @@ def study(
         typer.Option(help="Intra-op threads. Default: 1 for small networks, else torch's."),
     ] = None,
     replace: Annotated[bool, typer.Option(help="Replace what the output folder holds.")] = False,
+    write_report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
+        ),
+    ] = False,
 ) -> None:
     """Which optimizer trains each network best, and how sure are we?
 
@@ -106,6 +112,10 @@ def study(
     first = config.task(config.tasks[0]).config
     with threads_for(first, min(config.batch, config.trials * config.tune_seeds), threads):
         _run(config, out, storage, pool, replace)
+    if write_report:
+        from ravine.cli.report import after_run
+
+        after_run(out)
 
 
 def _default_folder(config) -> Path:

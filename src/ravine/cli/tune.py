@@ -85,6 +85,20 @@ def tune(
     replace: Annotated[
         bool, typer.Option(help="Replace the study or run the output folder holds.")
     ] = False,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard",
+            help="Also write each trial's curve and hyperparameters as TensorBoard runs "
+            "(tensorboard/trial-N/).",
+        ),
+    ] = False,
+    write_report: Annotated[
+        bool,
+        typer.Option(
+            "--report", help="Also write report.html into the folder (see ravine report)."
+        ),
+    ] = False,
 ) -> None:
     """Tune an optimizer's hyperparameters on a network: Optuna trials, N at a time.
 
@@ -136,8 +150,23 @@ def tune(
     )
     pool = executor_of(executor, address, parallel)  # validated before any work
     out = out or _default_folder(tune_config)
+    if tensorboard:
+        from ravine.cli.main import _check_tensorboard
+
+        _check_tensorboard()
     with threads_for(tune_config.train, tune_config.batch, threads):
         _run(tune_config, out, storage, pool, replace)
+    if tensorboard:
+        from ravine.folders import locked
+        from ravine.report.tensorboard import write_tune_events
+
+        with locked(out):
+            written = write_tune_events(out)
+        typer.echo(f"wrote {written}/")
+    if write_report:
+        from ravine.cli.report import after_run
+
+        after_run(out)
 
 
 def _default_folder(config) -> Path:

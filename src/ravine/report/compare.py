@@ -64,7 +64,9 @@ def summary_tables(result: CompareResult) -> list[Table]:
         )
         table = Table(
             title=f"{spec}: {problem.description}",
-            caption=f"success: {goal}. steps: median steps to get there. final, best: "
+            caption=f"success: {goal}. steps: median over the starts of the step "
+            + ("it escaped" if problem.escape else "from which it stayed there")
+            + " (never: under half succeeded). final, best: "
             "median and best final loss."
             + ("" if problem.escape else " dist: median distance to the nearest minimum.")
             + f" div.: starts that diverged. {result.config.starts} starts, "
@@ -199,7 +201,7 @@ def _write_plots(result: CompareResult, out: Path, suffix: str) -> list[Path]:
         offset = 0.0 if problem.min_value is None else problem.min_value
         written.append(
             plot_loss_curves(
-                f"{spec}: loss per step (median, 10-90% band over starts)",
+                f"{spec}: loss per step over {result.config.starts} starts",
                 {run.optimizer: run.losses - offset for run in runs},
                 out / f"{stem}-loss.{suffix}",
                 target=problem.target - offset,

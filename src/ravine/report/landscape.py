@@ -198,8 +198,19 @@ def plot_trajectory(
             marker="o",
             markersize=3.5,
             linewidth=1.5,
-            label="training path",
+            label="training path (a dot per saved epoch, numbered)",
         )
+        if len(p) <= 30:  # number the saved epochs (0: the initialization) where they read
+            for k, (x, y) in enumerate(p):
+                ax.annotate(
+                    str(k),
+                    (x, y),
+                    xytext=(4, 4),
+                    textcoords="offset points",
+                    fontsize=7,
+                    color="white",
+                    fontweight="bold",
+                )
         ax.plot(
             p[0, 0],
             p[0, 1],

@@ -41,6 +41,7 @@ __all__ = [
     "OPTIMIZER_COLORS",
     "optimizer_color",
     "optimizer_colors",
+    "optimizer_styles",
     "plot_loss_curves",
     "plot_trajectories",
     "plot_trajectory_grid",
@@ -70,12 +71,27 @@ _FALLBACK_COLORS = (
     "#31a354",
     "#756bb1",
 )
+# One line style and marker per well-known optimizer as well, so paths that share a valley
+# (Adam, AdamW and NAdam often do) stay apart by dash pattern and end marker, not colour alone.
+OPTIMIZER_STYLES: dict[str, tuple[str, str]] = {
+    "sgd": ("-", "o"),
+    "momentum": ("-", "s"),
+    "nesterov": ("--", "^"),
+    "adagrad": ("-.", "D"),
+    "rmsprop": (":", "v"),
+    "adam": ("-", "P"),
+    "adamw": ("--", "X"),
+    "nadam": (":", "h"),
+}
+_FALLBACK_STYLES = (("-", "o"), ("--", "s"), ("-.", "^"), (":", "D"), ("--", "v"), ("-.", "P"))
 _DPI = 150
 # Marker styles, shared by the plot and its legend.
 _START = {"marker": "o", "ms": 6, "color": "white", "mec": "black", "mew": 0.9}
 _MINIMUM = {"marker": "*", "ms": 17, "color": "gold", "mec": "black", "mew": 1.0}
 _SADDLE = {"marker": "X", "ms": 11, "color": "white", "mec": "black"}
 _DIVERGED = {"marker": "x", "ms": 8, "mew": 2.0}
+_END = {"ms": 6.5, "mec": "black", "mew": 0.8}  # + the optimizer's marker and colour
+_EXIT = {"ms": 8, "mec": "black", "mew": 0.8}  # + a triangle pointing out of the map
 
 
 # ----------------------------------------------------------------------------- colours
@@ -97,6 +113,22 @@ def optimizer_color(name: str) -> str:
     if key in OPTIMIZER_COLORS:
         return OPTIMIZER_COLORS[key]
     return _FALLBACK_COLORS[zlib.crc32(key.encode()) % len(_FALLBACK_COLORS)]
+
+
+def optimizer_styles(names: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """(line style, marker) per name: fixed for well-known optimizers (by leading word), the
+    first unused fallback for others (variants of one optimizer included), so two names in one
+    figure share a style only when there are more names than styles."""
+    used: set[tuple[str, str]] = set()
+    styles: dict[str, tuple[str, str]] = {}
+    for name in names:
+        style = OPTIMIZER_STYLES.get(_color_key(name))
+        if style is None or style in used:
+            free = [s for s in (*_FALLBACK_STYLES, *OPTIMIZER_STYLES.values()) if s not in used]
+            style = free[0] if free else _FALLBACK_STYLES[len(styles) % len(_FALLBACK_STYLES)]
+        styles[name] = style
+        used.add(style)
+    return styles
 
 
 def optimizer_colors(names: Iterable[str]) -> dict[str, str]:
@@ -138,6 +170,12 @@ def plot_trajectories(
     crawls. Many paths (every start of many optimizers) are drawn thinner and fainter, with no
     step dots; ``plot_trajectory_grid`` gives each optimizer its own panel instead.
 
+    Each optimizer has its colour, line style and end marker (``optimizer_styles``), and
+    later paths are drawn thinner over earlier ones, so paths sharing a valley stay apart. A
+    path that ends outside the map gets a triangle where it last crossed the edge; with one
+    start, the key gives each path's distance to the nearest minimum (ends often pile up on
+    it). The key sits beside the map, level with its top; the colour bar under it.
+
     Args:
       problem: a 2-D ``AnalyticProblem``; the map covers ``problem.bounds``.
       trajectories: ``{optimizer name: array (starts, steps + 1, 2)}`` (numpy or torch). A path
@@ -153,44 +191,100 @@ def plot_trajectories(
     (Rosenbrock, Beale), linear otherwise (Rastrigin, Ackley), and symmetric around the saddle
     value for problems unbounded below, where the dashed contour is the escape ``target``.
     """
+    fig = _trajectories_figure(problem, trajectories, title, max_starts, resolution)
+    return save_figure(fig, path)
+
+
+def _trajectories_figure(
+    problem: AnalyticProblem,
+    trajectories: Mapping[str, Any],
+    title: str | None,
+    max_starts: int | None,
+    resolution: int,
+) -> Figure:
+    """The figure ``plot_trajectories`` saves."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     paths = _check_trajectories(problem, trajectories, max_starts, resolution)
     colors = optimizer_colors(paths)
+    styles = optimizer_styles(paths)
     n_lines = sum(len(runs) for runs in paths.values())
     stride = _dot_stride(paths) if n_lines <= _MAX_DOTTED_LINES else None
 
-    fig = Figure(figsize=(7.6, 5.6), layout="constrained")
+    fig = Figure(figsize=(9.2, 6.4), layout="constrained")
     ax = fig.add_subplot()
     contours = _contour_map(problem, int(resolution))
-    _add_colorbar(fig, _draw_map(ax, contours), ax, contours)
+    # Colour bar under the map, so the key can sit beside it, level with its top edge.
+    _add_colorbar(fig, _draw_map(ax, contours), ax, contours, location="bottom", shrink=0.7)
 
     handles: list[Any] = []
-    any_diverged = False
-    for name, runs in paths.items():
+    marks = _Marks()
+    for order, (name, runs) in enumerate(paths.items()):
         color = colors[name]
-        diverged = _draw_runs(ax, problem, runs, color, stride=stride, crowd=n_lines)
-        any_diverged |= diverged > 0
-        label = name if not diverged else f"{name} ({diverged}/{len(runs)} diverged)"
-        handles.append(Line2D([], [], color=color, lw=2, marker="o", ms=4, label=label))
+        # Offset drawing order: each later path is drawn thinner on top of the earlier ones, so
+        # paths that share a valley show as a striped cable instead of one line.
+        widen = 1.8 * (len(paths) - 1 - order) / max(len(paths) - 1, 1) if n_lines <= 16 else 0
+        drawn = _draw_runs(
+            ax,
+            problem,
+            runs,
+            color,
+            stride=stride,
+            crowd=n_lines,
+            style=styles[name],
+            widen=widen,
+            zorder=3 + order / 100,
+        )
+        marks.add(drawn)
+        label = name if not drawn.diverged else f"{name} ({drawn.diverged}/{len(runs)} diverged)"
+        if drawn.exits:
+            label += (
+                f" ({drawn.exits}/{len(runs)} left the map)"
+                if len(runs) > 1
+                else (" (left the map)")
+            )
+        elif len(runs) == 1 and not drawn.diverged:
+            label += _distance_note(problem, runs[0])
+        line, marker = styles[name]
+        handles.append(
+            Line2D([], [], color=color, lw=2, ls=line, marker=marker, label=label, **_END)
+        )
     _draw_landmarks(ax, problem)
 
     n_starts = max((len(runs) for runs in paths.values()), default=0)
     handles = [
         *_start_handle(n_starts, "start" if n_starts == 1 else f"start ({n_starts} per optimizer)"),
         *handles,
-        *_landmark_handles(problem, any_diverged=any_diverged, stride=stride),
+        *_landmark_handles(problem, marks=marks, stride=stride),
     ]
     _frame(ax, problem)
+    # An equal-aspect map shrinks inside its slot; anchored left, the key beside it stays in
+    # the figure (centred, it was pushed past the right edge).
+    ax.set_anchor("W")
     ax.set_xlabel("$x_1$")
     ax.set_ylabel("$x_2$")
     ax.set_title(
         textwrap.fill(title if title is not None else problem.description, 60), fontsize=11
     )
     if handles:
-        fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False)
-    return save_figure(fig, path)
+        ax.legend(
+            handles=handles,
+            loc="upper left",
+            bbox_to_anchor=(1.02, 1.0),
+            borderaxespad=0.0,
+            fontsize=9,
+            frameon=False,
+            title="marker: where each path ends"
+            + (
+                "\nnumber: its distance to the minimum"
+                if n_starts == 1 and len(problem.minima)
+                else ""
+            ),
+            title_fontsize=8,
+            alignment="left",
+        )
+    return fig
 
 
 def plot_trajectory_grid(
@@ -272,11 +366,10 @@ def _trajectory_grid_figure(
         _draw_landmarks(ax, problem, ms=0.7)
         _frame(ax, problem)
         ax.tick_params(labelsize=8)
-    any_diverged = False
+    marks = _Marks()
     for ax, (name, runs) in zip(axes.flat, paths.items(), strict=False):
         color = colors[name]
-        diverged = _draw_runs(ax, problem, runs, color, stride=None, crowd=len(runs), ms=0.75)
-        any_diverged |= diverged > 0
+        marks.add(_draw_runs(ax, problem, runs, color, stride=None, crowd=len(runs), ms=0.75))
         ax.set_title(name, loc="left", color=color, fontsize=10, fontweight="bold")
         ax.set_title(_outcome(problem, runs), loc="right", fontsize=8, color="0.25")
     for ax in axes.flat[n_panels:]:
@@ -292,7 +385,8 @@ def _trajectory_grid_figure(
     n_starts = max((len(runs) for runs in paths.values()), default=0)
     handles = [
         *_start_handle(n_starts, "start"),
-        *_landmark_handles(problem, any_diverged=any_diverged, stride=None),
+        *_end_handle(n_starts),
+        *_landmark_handles(problem, marks=marks, stride=None),
     ]
     if handles:
         fig.legend(
@@ -386,6 +480,26 @@ def _clip_path(xy: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarr
     return xy, stop < len(finite)
 
 
+@dataclass
+class _Drawn:
+    """What ``_draw_runs`` marked for one optimizer, for the key."""
+
+    diverged: int = 0  # runs that stopped on a non-finite value inside the map
+    exits: int = 0  # runs whose last point lies outside the map
+
+
+@dataclass
+class _Marks:
+    """What was marked on a whole figure: the key explains only what is there."""
+
+    diverged: bool = False
+    exits: bool = False
+
+    def add(self, drawn: _Drawn) -> None:
+        self.diverged |= drawn.diverged > 0
+        self.exits |= drawn.exits > 0
+
+
 def _draw_runs(
     ax: Axes,
     problem: AnalyticProblem,
@@ -395,27 +509,90 @@ def _draw_runs(
     stride: int | None,
     crowd: int,
     ms: float = 1.0,
-) -> int:
-    """Draw one optimizer's paths (starts, steps + 1, 2): lines (dotted every ``stride`` steps),
-    end points, start markers, an x where a run diverged. Lines get thinner and fainter as
-    ``crowd`` (paths sharing the axes) grows; ``ms`` scales the markers. Returns how many runs
-    diverged inside the plot."""
+    style: tuple[str, str] = ("-", "o"),
+    widen: float = 0.0,
+    zorder: float = 3.0,
+) -> _Drawn:
+    """Draw one optimizer's paths (starts, steps + 1, 2): lines in ``style`` (line style,
+    marker; dotted every ``stride`` steps), the end point in the marker, start markers, an x
+    where a run diverged, and a triangle on the edge where a path ends outside the map. Lines
+    get thinner and fainter as ``crowd`` (paths sharing the axes) grows, ``widen`` points wider
+    for offset drawing order; ``ms`` scales the markers."""
     (x_lo, x_hi), (y_lo, y_hi) = problem.bounds
     lo, hi = np.array([x_lo, y_lo]), np.array([x_hi, y_hi])
     lw, alpha = (1.7, 0.95) if crowd <= 4 else (1.4, 0.85) if crowd <= 16 else (1.0, 0.6)
+    line, marker = style
     dots = {} if stride is None else {"marker": "o", "ms": 3.2 * ms, "markevery": (stride, stride)}
-    diverged = 0
+    drawn = _Drawn()
     for run in runs:
         xy, stopped = _clip_path(run, lo, hi)
         if len(xy) == 0:
             continue
-        ax.plot(xy[:, 0], xy[:, 1], color=color, lw=lw, alpha=alpha, zorder=3, **dots)
-        ax.plot(*xy[-1], "o", ms=4.5 * ms, color=color, mec="black", mew=0.6 * ms, zorder=4)
+        ax.plot(
+            xy[:, 0],
+            xy[:, 1],
+            color=color,
+            lw=lw + widen,
+            ls=line,
+            alpha=alpha,
+            zorder=zorder,
+            **dots,
+        )
         ax.plot(*xy[0], ls="", zorder=5, **_scaled(_START, ms))
         if stopped:
-            diverged += 1
+            drawn.diverged += 1
             ax.plot(*xy[-1], ls="", color=color, zorder=5, **_scaled(_DIVERGED, ms))
-    return diverged
+            continue
+        exit_point = _exit_point(xy, lo, hi)
+        if exit_point is None:
+            # Above the minimum's star (zorder 6): many paths end on it.
+            ax.plot(*xy[-1], ls="", marker=marker, color=color, zorder=7, **_scaled(_END, ms))
+        else:
+            drawn.exits += 1
+            point, side = exit_point
+            ax.plot(
+                *point,
+                ls="",
+                marker=_EXIT_MARKER[side],
+                color=color,
+                zorder=6,
+                clip_on=False,
+                **_scaled(_EXIT, ms),
+            )
+    return drawn
+
+
+def _distance_note(problem: AnalyticProblem, run: np.ndarray) -> str:
+    """ ": ends 3e-09 from the minimum" for one path, so ends hidden under the minimum's star
+    (several optimizers often finish on it) still read apart; "" without minima."""
+    minima = problem.minima.numpy()  # (k, 2)
+    finite = run[np.isfinite(run).all(axis=1)]
+    if not len(minima) or not len(finite):
+        return ""
+    distance = float(np.linalg.norm(minima - finite[-1], axis=1).min())
+    return f"  {distance:.0e}"
+
+
+# Triangles pointing out of the map through the side a path left by.
+_EXIT_MARKER = {"left": "<", "right": ">", "bottom": "v", "top": "^"}
+
+
+def _exit_point(xy: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, str] | None:
+    """Where a path whose last point is outside the box [lo, hi] last crossed its edge, and
+    which side; None when the path ends inside (its end marker is then visible)."""
+    inside = ((xy >= lo) & (xy <= hi)).all(axis=1)
+    if inside[-1] or not inside.any():
+        return None
+    k = len(xy) - 1 - int(np.argmax(inside[::-1]))  # last point inside; k + 1 is outside
+    prev, step = xy[k], xy[k + 1] - xy[k]
+    best = (1.0, "right")
+    for axis, (side_lo, side_hi) in enumerate((("left", "right"), ("bottom", "top"))):
+        if step[axis] > 0:
+            best = min(best, ((hi[axis] - prev[axis]) / step[axis], side_hi))
+        elif step[axis] < 0:
+            best = min(best, ((lo[axis] - prev[axis]) / step[axis], side_lo))
+    t, side = best
+    return np.clip(prev + t * step, lo, hi), side
 
 
 def _outcome(problem: AnalyticProblem, runs: np.ndarray) -> str:
@@ -461,9 +638,14 @@ def _start_handle(n_starts: int, label: str) -> list[Any]:
     return [Line2D([], [], ls="", label=label, **_START)] if n_starts else []
 
 
-def _landmark_handles(
-    problem: AnalyticProblem, *, any_diverged: bool, stride: int | None
-) -> list[Any]:
+def _end_handle(n_paths: int) -> list[Any]:
+    from matplotlib.lines import Line2D
+
+    style = {**_END, "marker": "o", "color": "0.55"}
+    return [Line2D([], [], ls="", label="end (last step)", **style)] if n_paths else []
+
+
+def _landmark_handles(problem: AnalyticProblem, *, marks: _Marks, stride: int | None) -> list[Any]:
     """Legend entries for what ``_draw_landmarks``, ``_draw_map`` and ``_draw_runs`` mark."""
     from matplotlib.lines import Line2D
 
@@ -476,9 +658,12 @@ def _landmark_handles(
     if problem.escape:
         label = f"escaped: f < {problem.target:g}"
         handles.append(Line2D([], [], color="black", lw=1.2, ls="--", label=label))
-    if any_diverged:
+    if marks.diverged:
         label = "diverged (last finite point)"
         handles.append(Line2D([], [], ls="", color="black", label=label, **_DIVERGED))
+    if marks.exits:
+        label = "left the map here, ended outside"
+        handles.append(Line2D([], [], ls="", marker=">", color="0.55", label=label, **_EXIT))
     if stride is not None and stride > 1:
         label = f"dots every {stride} steps"
         handles.append(Line2D([], [], ls="", marker="o", ms=3.2, color="0.3", label=label))
@@ -575,7 +760,13 @@ def _draw_map(ax: Axes, contours: _ContourMap | None, *, lw: float = 0.5) -> Any
 
 
 def _add_colorbar(
-    fig: Figure, filled: Any, ax: Any, contours: _ContourMap | None, *, shrink: float = 0.8
+    fig: Figure,
+    filled: Any,
+    ax: Any,
+    contours: _ContourMap | None,
+    *,
+    shrink: float = 0.8,
+    location: str = "right",
 ) -> None:
     """One colour bar for ``filled`` next to ``ax`` (an axes or an array of them)."""
     from matplotlib.colors import LogNorm
@@ -583,7 +774,7 @@ def _add_colorbar(
 
     if filled is None or contours is None:
         return
-    cbar = fig.colorbar(filled, ax=ax, shrink=shrink, pad=0.02)
+    cbar = fig.colorbar(filled, ax=ax, shrink=shrink, pad=0.02, location=location)
     if isinstance(contours.norm, LogNorm):
         cbar.locator = LogLocator()
         cbar.update_ticks()
@@ -600,16 +791,25 @@ def plot_loss_curves(
     *,
     target: float | None = None,
     log: bool = True,
-    band: tuple[float, float] = (10.0, 90.0),
+    band: tuple[float, float] = (25.0, 75.0),
     ylabel: str = "loss",
+    max_lines: int = 32,
 ) -> Path:
-    """Median loss per step across starts, with a percentile band, per optimizer; save it.
+    """Loss per step: every optimizer's median across starts on one axes, then one small panel
+    per optimizer with each of its starts; save, return path.
+
+    One axes of overlapping translucent bands (eight optimizers) reads as a muddy area, and a
+    per-step percentile band of spiky runs (Adam on Rosenbrock) shows spikes that are no run's
+    path. So the overview draws medians only, each optimizer in its colour and line style, and
+    each small panel draws that optimizer's starts as thin lines (a spike is then visibly one
+    run's) with its median bold over the other optimizers' medians in grey. With more than
+    ``max_lines`` starts, a panel draws the ``band`` percentiles instead of every start.
 
     Args:
       title: figure title.
       losses: ``{optimizer name: array (starts, steps + 1)}`` (numpy or torch; 1-D is one
         start). NaN or +Inf marks a diverged run and counts as the worst value, so a median
-        line that leaves the top of the plot means most starts diverged; the legend counts them.
+        line that leaves the top of the plot means most starts diverged; the key counts them.
       path: ``.png``, or ``.svg`` (then a ``.png`` is written next to it too).
       target: draws a dashed line at this loss (e.g. ``problem.target``).
       log: log-scale y when every value is >= 0 (pass ``loss - min_value``); values that are
@@ -617,10 +817,13 @@ def plot_loss_curves(
         False: linear, except when runs escape to values more than 1e3 times the step-0
         magnitude below zero (problems unbounded below): symlog then, so the order in which
         runs escape stays readable rather than every curve leaving the bottom of the plot.
-      band: lower and upper percentiles across starts; ``(0, 100)`` is min-max.
+      band: lower and upper percentiles across starts drawn in a panel with more than
+        ``max_lines`` starts; ``(0, 100)`` is min-max.
       ylabel: y-axis label.
+      max_lines: most starts a panel draws one by one.
     """
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     lo_pct, hi_pct = (float(b) for b in band)
     if not 0 <= lo_pct <= 50 <= hi_pct <= 100:
@@ -641,6 +844,7 @@ def plot_loss_curves(
             )
         curves[str(name)] = arr
     colors = optimizer_colors(curves)
+    styles = optimizer_styles(curves)
     start_values = np.concatenate([a[:, 0] for a in curves.values()] or [np.zeros(0)])
     start_values = start_values[np.isfinite(start_values)]
     if target is not None:
@@ -652,46 +856,142 @@ def plot_loss_curves(
     with np.errstate(invalid="ignore", over="ignore"):
         for name, arr in curves.items():
             stats[name] = np.percentile(arr, [lo_pct, 50.0, hi_pct], axis=0, method="nearest")
-    values = np.concatenate([s.ravel() for s in stats.values()] or [np.zeros(0)])
+    # Limits from what is drawn: every start where a panel draws them, else the band.
+    shown = [a if len(a) <= max_lines else stats[n] for n, a in curves.items()]
+    values = np.concatenate([s.ravel() for s in shown] or [np.zeros(0)])
     values = values[np.isfinite(values)]
     if target is not None:
         values = np.append(values, float(target))
     scale, bottom, top, linthresh = _y_axis(values, ref, log)
 
-    fig = Figure(figsize=(7.6, 4.6), layout="constrained")
-    ax = fig.add_subplot()
-    # Scale and limits first: autoscaling over a diverged run's 1e300 would overflow.
-    if scale == "log":
-        ax.set_yscale("log")
-    elif scale == "symlog":
-        ax.set_yscale("symlog", linthresh=linthresh)
-        ax.yaxis.get_major_locator().set_params(numticks=10)  # every 2nd decade past ~18
-    ax.set_ylim(bottom, top)
-    for name, arr in curves.items():
-        lower, median, upper = (_for_display(s, scale, bottom, top) for s in stats[name])
+    panels = len(curves) > 1
+    n_cols = min(4, max(len(curves), 1))
+    n_rows = math.ceil(len(curves) / n_cols) if panels else 0
+    fig = Figure(figsize=(11.0, 4.6 + 2.3 * n_rows), layout="constrained")
+    top_fig, grid_fig = fig.subfigures(2, 1, height_ratios=[4.6, max(2.3 * n_rows, 1e-3)])
+    ax = top_fig.add_subplot()
+    grid = (
+        grid_fig.subplots(n_rows, n_cols, sharex=True, sharey=True, squeeze=False)
+        if panels
+        else np.zeros((0, 0))
+    )
+    every_ax = [ax, *grid.flat]
+    for a in every_ax:  # scale and limits first: autoscaling a diverged 1e300 would overflow
+        _loss_scale(a, scale, bottom, top, linthresh, numticks=10 if a is ax else 5)
+    n_steps = max((a.shape[1] - 1 for a in curves.values()), default=1) or 1
+
+    handles: list[Any] = []
+    medians = {n: _for_display(stats[n][1], scale, bottom, top) for n in curves}
+    for order, (name, arr) in enumerate(curves.items()):
         steps = np.arange(arr.shape[1])
         diverged = int((~np.isfinite(arr) & (arr > 0)).any(axis=1).sum())
         label = name if not diverged else f"{name} ({diverged}/{len(arr)} diverged)"
-        ax.fill_between(steps, lower, upper, color=colors[name], alpha=0.18, lw=0)
-        ax.plot(steps, median, color=colors[name], lw=1.8, label=label)
+        line = styles[name][0]
+        # Offset drawing order, as on the trajectory map: medians that coincide stay visible.
+        widen = 1.0 * (len(curves) - 1 - order) / max(len(curves) - 1, 1)
+        ax.plot(
+            steps,
+            medians[name],
+            color=colors[name],
+            lw=1.6 + widen,
+            ls=line,
+            zorder=3 + order / 100,
+        )
+        handles.append(Line2D([], [], color=colors[name], lw=2, ls=line, label=label))
+        if not panels:
+            _draw_starts(ax, arr, stats[name], colors[name], scale, bottom, top, max_lines)
+    for panel, (name, arr) in zip(grid.flat, curves.items(), strict=False):
+        for other in curves:  # context: where the others' medians run
+            if other != name:
+                panel.plot(np.arange(len(medians[other])), medians[other], color="0.8", lw=0.9)
+        _draw_starts(panel, arr, stats[name], colors[name], scale, bottom, top, max_lines)
+        panel.plot(
+            np.arange(arr.shape[1]), medians[name], color=colors[name], lw=2.0, ls=styles[name][0]
+        )
+        panel.set_title(name, loc="left", color=colors[name], fontsize=10, fontweight="bold")
+    for panel in grid.flat[len(curves) :]:
+        panel.set_axis_off()
     if target is not None:
-        ax.axhline(float(target), color="black", ls="--", lw=1.0, label=f"target {target:g}")
-    ax.set_xlim(0, max((a.shape[1] - 1 for a in curves.values()), default=1) or 1)
+        for a in every_ax[: 1 + len(curves) * panels]:
+            a.axhline(float(target), color="black", ls="--", lw=1.0)
+        handles.append(Line2D([], [], color="black", ls="--", lw=1.0, label=f"target {target:g}"))
+    for a in every_ax:
+        a.set_xlim(0, n_steps)
+        a.grid(True, which="major", alpha=0.3)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.set_title(textwrap.fill(str(title), 80), fontsize=11)
-    band_name = "min-max" if (lo_pct, hi_pct) == (0.0, 100.0) else f"{lo_pct:g}-{hi_pct:g}th pct"
-    if ax.get_legend_handles_labels()[0]:
-        fig.legend(
-            loc="outside right upper",
+    ax.set_title(textwrap.fill(str(title), 90), fontsize=11)
+    for column in range(n_cols if panels else 0):  # x labels under the lowest panel of each column
+        bottom_panel = grid[(len(curves) - 1 - column) // n_cols, column]
+        bottom_panel.xaxis.set_tick_params(labelbottom=True)
+        bottom_panel.set_xlabel("step", fontsize=9)
+    for a in grid[:, 0] if panels else ():
+        a.set_ylabel(ylabel, fontsize=9)
+    sizes = {len(a) for a in curves.values()}
+    band_text = f"{lo_pct:g}-{hi_pct:g}th percentile band over the starts"
+    if max(sizes, default=0) <= max_lines:
+        what = "each start (thin)"
+    elif min(sizes) > max_lines:
+        what = band_text
+    else:
+        what = f"each start (thin; above {max_lines} starts the {band_text})"
+    if not panels and curves:  # one optimizer: its starts are on the overview
+        handles.insert(1, Line2D([], [], color=colors[next(iter(curves))], lw=0.6, label=what))
+    if panels:
+        grid_fig.suptitle(
+            f"one panel per optimizer: {what}, its median (bold); grey: the other optimizers' "
+            "medians",
+            fontsize=9,
+            color="0.25",
+        )
+    if handles:
+        ax.legend(
+            handles=handles,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0.0,
             fontsize=9,
             frameon=False,
-            alignment="left",
-            title=f"median over starts\nband: {band_name}",
+            title="median over starts",
             title_fontsize=8,
+            alignment="left",
         )
     return save_figure(fig, path)
+
+
+def _loss_scale(
+    ax: Axes, scale: str, bottom: float, top: float, linthresh: float, numticks: int = 10
+) -> None:
+    """Scale and limits of a loss axis; ``numticks`` labels at most (small panels take fewer)."""
+    from matplotlib.ticker import LogLocator
+
+    if scale == "log":
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(numticks=numticks))
+    elif scale == "symlog":
+        ax.set_yscale("symlog", linthresh=linthresh)
+        ax.yaxis.get_major_locator().set_params(numticks=numticks)  # every 2nd decade past ~18
+    ax.set_ylim(bottom, top)
+
+
+def _draw_starts(
+    ax: Axes,
+    runs: np.ndarray,
+    stats: np.ndarray,
+    color: str,
+    scale: str,
+    bottom: float,
+    top: float,
+    max_lines: int,
+) -> None:
+    """One optimizer's starts (starts, steps + 1) as thin lines, or its percentile band."""
+    steps = np.arange(runs.shape[1])
+    if len(runs) <= max_lines:
+        for run in runs:
+            ax.plot(steps, _for_display(run, scale, bottom, top), color=color, lw=0.6, alpha=0.45)
+    else:
+        lower, upper = (_for_display(s, scale, bottom, top) for s in (stats[0], stats[2]))
+        ax.fill_between(steps, lower, upper, color=color, alpha=0.25, lw=0)
 
 
 def _nan_as_extreme(arr: np.ndarray, ref: float) -> np.ndarray:

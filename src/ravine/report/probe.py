@@ -42,7 +42,7 @@ def probe_run(run_dir: str | Path, *, examples: int = 1000, k: int = 5) -> dict[
 
 
 def _probe_run(run_dir: Path, examples: int, k: int) -> dict[str, Any]:
-    from ravine.report.gradients import plot_gradient_flow
+    from ravine.report.gradients import plot_gradient_profile
 
     run = load_run(run_dir)
     parameters = sum(p.numel() for p in run.model.parameters())
@@ -104,8 +104,14 @@ def _probe_run(run_dir: Path, examples: int, k: int) -> dict[str, Any]:
     }
     out = Path(run_dir)
     atomic_write_text(out / "probe.json", json.dumps(_finite(report), indent=2))
-    plot_gradient_flow(monitor, out / "probe-gradient-flow.png", title="Gradient flow")
-    _plot_density(density, top, bottom, out / "probe-spectrum.png")
+    plot_gradient_profile(
+        monitor,
+        out / "probe-gradient-flow.png",
+        title=f"Gradient flow through the trained network ({saddle.kind.replace('_', ' ')})",
+        note=f"{len(monitor.history)} mini-batches of {batch} training examples, no updates "
+        "between them",
+    )
+    _plot_density(density, top, bottom, trace, condition, report, out / "probe-spectrum.png")
 
     lines = [
         f"point: {saddle.kind} (loss {saddle.loss:.4g}, gradient norm {saddle.grad_norm:.3g})",
@@ -173,23 +179,67 @@ def _existing_folder(path: str | Path) -> Path:
     return path
 
 
-def _plot_density(density, top, bottom, path: Path) -> Path:
+def _plot_density(density, top, bottom, trace, condition, report, path: Path) -> Path:
+    """The spectral density (SLQ) with the Lanczos extremes marked and the numbers that sum
+    the spectrum up (trace, condition number, negative part) in the key."""
+    import numpy as np
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    fig = Figure(figsize=(6.5, 3.6), layout="constrained")
-    ax = fig.subplots()
-    ax.plot(density.grid.numpy(), density.density.numpy(), color="tab:blue")
-    for value in top.eigenvalues.tolist():
-        ax.axvline(value, color="tab:red", alpha=0.4, lw=0.8)
-    for value in bottom.eigenvalues.tolist():
-        ax.axvline(value, color="tab:green", alpha=0.4, lw=0.8)
-    ax.set_yscale("log")
-    ax.set_xlabel("Hessian eigenvalue")
-    ax.set_ylabel("density (SLQ)")
-    ax.set_title("Hessian spectrum: red = top, green = bottom eigenvalues (Lanczos)")
+    from ravine.report.axes import key_beside
     from ravine.report.plots import save_figure
 
+    grid = density.grid.numpy()
+    values = density.density.numpy()
+    # The Gaussian smoothing of SLQ dips to 1e-12 between its nodes: clip at 1e-5 of the peak
+    # (one eigenvalue of 10k parameters still shows) so the axis shows the spectrum's mass, not
+    # the smoothing's troughs.
+    peak = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+    floor = peak * DENSITY_FLOOR
+    fig = Figure(figsize=(9.0, 4.2), layout="constrained")
+    ax = fig.subplots()
+    ax.fill_between(grid, floor, np.maximum(values, floor), color="tab:blue", alpha=0.15, lw=0)
+    ax.plot(grid, np.maximum(values, floor), color="tab:blue", lw=1.4)
+    for value in top.eigenvalues.tolist():
+        ax.axvline(value, color="tab:red", alpha=0.6, lw=0.9)
+    for value in bottom.eigenvalues.tolist():
+        ax.axvline(value, color="tab:green", alpha=0.6, lw=0.9)
+    ax.axvline(0.0, color="0.3", lw=0.8, ls=":")
+    ax.set_yscale("log")
+    ax.set_ylim(floor, peak * 3)
+    ax.set_xlabel("Hessian eigenvalue")
+    ax.set_ylabel("spectral density (SLQ)")
+    ax.grid(alpha=0.3)
+    lam_max = max(top.eigenvalues.tolist(), default=float("nan"))
+    handles = [
+        Line2D([], [], color="tab:blue", lw=1.4, label="density (5 probes x 60 Lanczos steps)"),
+        Line2D([], [], color="tab:red", lw=0.9, label=f"top {len(top.eigenvalues)} (Lanczos)"),
+        Line2D([], [], color="tab:green", lw=0.9, label=f"bottom {len(bottom.eigenvalues)}"),
+    ]
+    stats = [
+        f"λmax {lam_max:.4g}, λmin {min(bottom.eigenvalues.tolist(), default=float('nan')):.4g}",
+        f"trace {trace.trace:.4g} ± {trace.stderr:.2g} (Hutchinson)",
+        f"condition number {condition.condition_positive:.3g} (positive part)",
+        f"negative eigenvalues: {condition.negative_ratio:.1%} of the spectrum",
+        f"gradient norm {report['grad_norm']:.3g}: {report['kind'].replace('_', ' ')}",
+    ]
+    key_beside(ax, handles, title="\n".join(stats), title_fontsize=8)
+    fig.suptitle(f"Hessian spectrum of the trained network, {report['examples']} training examples")
+    fig.supxlabel(
+        "mass at 0: flat directions; mass below 0: negative curvature (saddle-like); "
+        + (
+            f"gradient descent is stable for lr below about 2 / λmax = {2 / lam_max:.3g}"
+            if lam_max > 0
+            else "no positive curvature found"
+        ),
+        fontsize=8,
+        color="0.3",
+    )
     return save_figure(fig, path)
+
+
+# Density shown down to this fraction of its peak.
+DENSITY_FLOOR = 1e-5
 
 
 def _finite(value: Any) -> Any:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ravine.report.plots import optimizer_color, save_figure
+from ravine.report.axes import integer_ticks, key_beside
+from ravine.report.plots import optimizer_color, optimizer_styles, save_figure
 
 
 def draw_study_figures(result) -> list[Path]:
@@ -75,12 +76,11 @@ def study_tables(result):
                 f"{cell.to_target.get('reached', 0)}/{cell.to_target.get('seeds', 0)}",
             )
         tables.append(table)
-    overall = Table(
-        title="overall ranking: area under the performance profile (1 = fastest to the "
-        "target on every task, 0 = never reached it)",
-        title_justify="left",
-    )
-    for column in ("#", "optimizer", "score"):
+    # Short title and header: a title wider than this narrow table wraps onto five lines. What
+    # the score means is in study-profiles.png and README.
+    title = "overall ranking (1 = fastest on every task)"
+    overall = Table(title=title, title_justify="left", min_width=len(title))
+    for column in ("#", "optimizer", "profile score"):
         overall.add_column(column, justify="left" if column == "optimizer" else "right")
     for rank, name in enumerate(result.ranking(), start=1):
         overall.add_row(str(rank), name, f"{result.scores[name]:.3f}")
@@ -132,7 +132,8 @@ def _curves(result, task_name: str, path: Path) -> Path:
         color = optimizer_color(optimizer)
         scale = 100 if classification else 1
         lows += [scale * v for v in lo[1:] if math.isfinite(v)]
-        ax.plot(epochs, [scale * v for v in med], color=color, lw=1.5, label=optimizer)
+        line = optimizer_styles(result.config.optimizers)[optimizer][0]
+        ax.plot(epochs, [scale * v for v in med], color=color, ls=line, lw=1.5, label=optimizer)
         # Light bands: several optimizers overlap here, and dense bands turn into one mud.
         ax.fill_between(
             epochs, [scale * v for v in lo], [scale * v for v in hi], color=color, alpha=0.07, lw=0
@@ -147,9 +148,9 @@ def _curves(result, task_name: str, path: Path) -> Path:
         ax.set_yscale("log")
         ax.set_ylabel("validation loss")
     ax.set_xlabel("epoch")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    integer_ticks(ax.xaxis)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncols=2, loc="lower right" if classification else "upper right")
+    key_beside(ax)  # beside, not over the race near the top
     ax.set_title(
         f"{task_name}: best configuration of each optimizer, median and range over "
         f"{result.config.seeds} seeds",
@@ -176,7 +177,8 @@ def _sensitivity(result, task_name: str, path: Path) -> Path:
         lrs, values, lo, hi = zip(*points, strict=True)
         values_seen += list(values)
         color = optimizer_color(optimizer)
-        ax.plot(lrs, values, "o-", color=color, ms=3, lw=1.2, label=optimizer)
+        line, marker = optimizer_styles(result.config.optimizers)[optimizer]
+        ax.plot(lrs, values, ls=line, marker=marker, color=color, ms=4, lw=1.2, label=optimizer)
         if result.config.tune_seeds > 1:
             ax.fill_between(lrs, lo, hi, color=color, alpha=0.15, lw=0)
     ax.set_xscale("log")
@@ -187,7 +189,7 @@ def _sensitivity(result, task_name: str, path: Path) -> Path:
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel(f"{metric} (best epoch, mean over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncols=2)
+    key_beside(ax)
     band = f"; band: the {result.config.tune_seeds} seeds" if result.config.tune_seeds > 1 else ""
     ax.set_title(f"{task_name}: learning-rate sensitivity of the tuning trials{band}", fontsize=10)
     return save_figure(fig, path)
@@ -212,6 +214,7 @@ def _profiles(result, path: Path) -> Path:
             [r + offset for r in rhos],
             where="post",
             color=optimizer_color(optimizer),
+            ls=optimizer_styles(result.config.optimizers)[optimizer][0],
             lw=1.6,
             label=f"{optimizer} ({result.scores[optimizer]:.2f})",
         )
@@ -220,6 +223,23 @@ def _profiles(result, path: Path) -> Path:
     ax.set_xlabel("τ: updates to target / the fastest optimizer's")
     ax.set_ylabel("fraction of tasks within τ")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title="optimizer (score)", title_fontsize=8, loc="lower right")
-    ax.set_title(f"performance profiles over {len(result.config.tasks)} tasks", fontsize=10)
+    key_beside(ax, title="optimizer (score)", title_fontsize=8)
+    if all(r == 0 for steps in result.profiles.values() for _, r in steps):
+        # A flat line at 0 reads like a drawing error; say what it means.
+        ax.text(
+            0.5,
+            0.5,
+            "no optimizer reached the target on any task:\nevery profile is 0",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            fontsize=9,
+            color="0.3",
+        )
+    n_tasks = len(result.config.tasks)
+    ax.set_title(
+        f"performance profiles over {n_tasks} task{'s' if n_tasks != 1 else ''} "
+        "(higher and further left is better)",
+        fontsize=10,
+    )
     return save_figure(fig, path)

@@ -1,8 +1,9 @@
 """Printing tables whole: a number is never cut to ``0.0…``.
 
 A table wider than the terminal loses columns from the right, least important first, and says
-so in its caption (the CSV/JSON beside it hold everything); printed into a pipe or a file it
-is printed at its natural width, whatever the terminal would have been.
+so in its caption (the CSV/JSON beside it hold everything); if it is still too wide, its cells
+wrap onto more lines (a number folds, it is never cut). Printed into a pipe or a file it is
+printed at its natural width, whatever the terminal would have been.
 """
 
 from __future__ import annotations
@@ -48,4 +49,9 @@ def print_table(console, table, *, droppable: Sequence[str] = (), source: str = 
             note += f"; all columns in {source}"
         table.caption = f"{table.caption}\n{note}" if table.caption else note
         table.caption_justify = "left"
+    if width(table) > console.width:
+        # rich would cut the widest cells to "0.0…"; folding keeps every character.
+        for column in table.columns:
+            column.overflow = "fold"
+            column.no_wrap = False
     console.print(table)

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ravine.report.axes import integer_ticks, key_beside
 from ravine.report.plots import optimizer_color, save_figure
 from ravine.study.tune import trial_curve, trial_record
 
@@ -158,7 +159,8 @@ def _history(trials, result, path: Path, color: str) -> Path:
     ax.set_xlabel("trial (in the order Optuna asked for it)")
     ax.set_ylabel(f"{result.config.metric} (best epoch)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    integer_ticks(ax.xaxis)  # trial 3, never trial 2.5
+    key_beside(ax)
     pruning = "no pruning" if result.config.pruner == "none" else f"{result.config.pruner} pruner"
     ax.set_title(
         f"{result.config.train.optimizer}: {result.config.sampler} sampler, {pruning}, "
@@ -205,17 +207,19 @@ def _sensitivity(trials, result, path: Path, color: str) -> Path:
                 ms=14,
                 color="gold",
                 mec="black",
-                label=f"best: {name} = {_number(best[name])}",
+                zorder=4,
             )
-            ax.legend(fontsize=8)
         if _log_axis(values):
             _log_y(ax)
         ax.set_xlabel(name + (" (log scale)" if spec.log else ""))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{result.config.metric} (best epoch)")
+    # The key in the title: a legend inside a panel sat on the very points near the best.
+    starred = ", ".join(f"{n} = {_number(v)}" for n, v in best.items())
     fig.suptitle(
         f"sensitivity of {result.config.train.optimizer} on {result.config.train.dataset} "
-        f"({len(complete)} complete trials)",
+        f"({len(complete)} complete trials)"
+        + (f"; star: the best trial, {starred}" if best else ""),
         fontsize=10,
     )
     return save_figure(fig, path)
@@ -254,9 +258,9 @@ def _curves(trials, result, path: Path, color: str) -> Path:
         _log_y(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel(result.config.metric)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    integer_ticks(ax.xaxis)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    key_beside(ax)
     ax.set_title("validation value of every trial per epoch (what the pruner sees)", fontsize=10)
     return save_figure(fig, path)
 

@@ -143,6 +143,23 @@ class Run:
         return first
 
     @property
+    def steps_to_success(self) -> np.ndarray:
+        """(starts,) how many steps a successful start needed, ``inf`` for the others: for
+        bounded problems the first step from which the loss stays at or below the target to
+        the end (a run that touches the tolerance at step 754 and bounces back out has not
+        succeeded there), for unbounded ones the step it escaped. The table's *steps* is the
+        median of this, so it is finite only when at least half the starts succeeded and
+        never contradicts the *success* count."""
+        if self.escape:
+            return np.where(self.success, self.steps_to_target, math.inf)
+        above = ~(self.losses <= self.target)  # NaN counts as above
+        # Index of the last step above the target, + 1: from there on the run stays below.
+        last_above = np.where(
+            above.any(axis=1), above.shape[1] - 1 - above[:, ::-1].argmax(axis=1), -1
+        )
+        return np.where(self.success, (last_above + 1).astype(float), math.inf)
+
+    @property
     def diverged(self) -> np.ndarray:
         """(starts,) the run produced NaN/Inf (before reaching the target)."""
         bad = ~np.isfinite(self.losses)
@@ -171,7 +188,7 @@ class Summary:
     optimizer: str
     successes: int
     starts: int
-    median_steps: float  # median steps to target over all starts (inf: most never reached)
+    median_steps: float  # median of steps_to_success over all starts (inf: under half succeeded)
     median_final_loss: float
     best_final_loss: float
     median_distance: float  # NaN when the problem has no minima
@@ -283,7 +300,7 @@ def _rank(problem: AnalyticProblem, spec: str, runs: Sequence[Run]) -> list[Summ
                 optimizer=run.optimizer,
                 successes=int(run.success.sum()),
                 starts=len(run.success),
-                median_steps=float(np.median(run.steps_to_target)),
+                median_steps=float(np.median(run.steps_to_success)),
                 median_final_loss=_median_finite(run.final_loss),
                 best_final_loss=_min_finite(run.final_loss),
                 median_distance=_median_finite(run.distance),
