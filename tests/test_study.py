@@ -144,3 +144,62 @@ def test_bad_input_gets_one_line_and_exit_2(argv, tmp_path, monkeypatch, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert not (tmp_path / "ravine-runs").exists()
+
+
+def _own_task(shift: float = 0.0):
+    """A user's task from Python: a network factory and tensors (two Gaussian blobs)."""
+    from torch import nn
+
+    from ravine.study.tasks import Task
+    from ravine.train import TrainConfig
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(240, 4, generator=g)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    x = x + shift
+    data = (x[:160], y[:160], x[160:], y[160:])
+
+    def factory():
+        return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+
+    config = TrainConfig(epochs=3, batch_size=32, val_fraction=0.25)
+    return Task("blobs", config, target=0.8, model=factory, data=data), factory, data
+
+
+def test_a_study_of_your_own_network_and_data(tmp_path):
+    """A Task with a model factory and tensors: tuned and retrained on them (each cell's seeds
+    are the runs ``train(model=, data=)`` makes), recorded by fingerprint, and a rerun with
+    other data is refused instead of mixing two studies."""
+    import dataclasses
+
+    from ravine.train import train
+
+    own, factory, data = _own_task()
+    config = StudyConfig(
+        optimizers=("sgd", "adam"), tasks=(own,), trials=2, batch=2, seeds=2, tune_seeds=1
+    )
+    out = tmp_path / "own"
+    result = run_study(config, out)
+    for optimizer in config.optimizers:
+        cell = result.cells[("blobs", optimizer)]
+        assert cell.trials["complete"] == 2
+        seeds = out / "blobs" / optimizer / "seeds"
+        recorded = (seeds / "config.toml").read_text()
+        assert "[user]" in recorded and 'model = "sha256:' in recorded
+        alone = train(
+            dataclasses.replace(
+                own.config,
+                optimizer=optimizer,
+                optimizer_args={"lr": cell.tuned["lr"]},
+                seed=1000,
+            ),
+            None,
+            model=factory,
+            data=data,
+        )
+        member0 = (seeds / "restarts.csv").read_text().splitlines()[1].split(",")
+        assert member0[1] == "1000"
+        assert float(member0[8]) == pytest.approx(alone.final["test_loss"], rel=1e-5)
+    other, _, _ = _own_task(shift=0.5)
+    with pytest.raises(ValueError, match="another configuration|holds another"):
+        run_study(dataclasses.replace(config, tasks=(other,)), out)

@@ -109,7 +109,7 @@ def study(
         raise UsageFailure(str(error)) from None
     pool = executor_of(executor, address, parallel)
     out = out or _default_folder(config)
-    first = config.task(config.tasks[0]).config
+    first = config.task(config.task_names[0]).config
     with threads_for(first, min(config.batch, config.trials * config.tune_seeds), threads):
         _run(config, out, storage, pool, replace)
     if write_report:

@@ -669,16 +669,13 @@ def _study(record: FolderRecord, _owner_config: str) -> None:
                 r.get("test_accuracy_mean")
             )
     record.findings.append(("results", lines))
-    record.title = (
-        "study: "
-        + ", ".join(config.get("optimizers") or [])
-        + " on "
-        + ", ".join(config.get("tasks") or [])
-    )
+    # A task of one's own (from Python) is recorded as its whole record, not a name.
+    tasks = [t if isinstance(t, str) else str(t.get("name")) for t in config.get("tasks") or []]
+    record.title = "study: " + ", ".join(config.get("optimizers") or []) + " on " + ", ".join(tasks)
     command = ["ravine", "study"]
     for name in config.get("optimizers") or []:
         command += ["--optimizer", name]
-    for name in config.get("tasks") or []:
+    for name in tasks:
         command += ["--task", name]
     for name in config.get("space") or []:
         command += ["--space", name]

@@ -19,7 +19,7 @@ from ravine.report.plots import optimizer_color, optimizer_styles, save_figure
 def draw_study_figures(result) -> list[Path]:
     out = Path(result.out_dir)
     written = []
-    for task_name in result.config.tasks:
+    for task_name in result.config.task_names:
         written.append(_curves(result, task_name, out / f"study-curves-{task_name}.png"))
         written.append(_sensitivity(result, task_name, out / f"study-sensitivity-{task_name}.png"))
     written.append(_profiles(result, out / "study-profiles.png"))
@@ -31,7 +31,7 @@ def study_tables(result):
     from rich.table import Table
 
     tables = []
-    for task_name in result.config.tasks:
+    for task_name in result.config.task_names:
         spec = result.config.task(task_name)
         classification = spec.target_metric.endswith("accuracy")
         metric = "test_accuracy" if classification else "test_loss"

@@ -51,7 +51,7 @@ class StudyConfig:
     """A study. ``StudyConfig()`` compares the mission's eight optimizers on two tasks."""
 
     optimizers: tuple[str, ...] = DEFAULT_OPTIMIZERS
-    tasks: tuple[str, ...] = DEFAULT_TASKS
+    tasks: tuple[str | Task, ...] = DEFAULT_TASKS  # built-in names, or Task records (your own)
     trials: int = 8  # tuning budget per (task, optimizer): the same for every optimizer
     batch: int = 16  # trials trained together
     seeds: int = 5  # retraining seeds of the best configuration
@@ -77,9 +77,11 @@ class StudyConfig:
             raise ValueError("a study needs at least one optimizer and one task")
         for name in self.optimizers:
             optimizer_arguments(name)
-        for name in self.tasks:
-            task(name)
-        for key, values in (("optimizers", self.optimizers), ("tasks", self.tasks)):
+        for entry in self.tasks:
+            if not isinstance(entry, Task):
+                task(entry)
+        names = tuple(self.task_names)
+        for key, values in (("optimizers", self.optimizers), ("tasks", names)):
             if len(set(values)) != len(values):
                 raise ValueError(f"{key} lists a name twice: {', '.join(values)}")
         if self.sampler not in SAMPLERS:
@@ -89,11 +91,16 @@ class StudyConfig:
         for cell in self.cells():
             self.tune_config(*cell)  # every space is valid for its optimizer, before any work
 
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name if isinstance(t, Task) else t for t in self.tasks]
+
     def cells(self) -> list[tuple[str, str]]:
-        return [(t, o) for t in self.tasks for o in self.optimizers]
+        return [(t, o) for t in self.task_names for o in self.optimizers]
 
     def task(self, name: str) -> Task:
-        found = task(name)
+        mine = [t for t in self.tasks if isinstance(t, Task) and t.name == name]
+        found = mine[0] if mine else task(name)
         if self.epochs is not None:
             found = dataclasses.replace(
                 found, config=dataclasses.replace(found.config, epochs=self.epochs)
@@ -123,9 +130,23 @@ class StudyConfig:
 
     def describe(self) -> str:
         document = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tasks"
         }
-        return json.dumps(document, indent=1, sort_keys=True)
+        document = {k: list(v) if isinstance(v, tuple) else v for k, v in document.items()}
+        # A task of one's own is its whole record (config, target); its model and data join
+        # each cell's identity by fingerprint (run_tune), where they are built.
+        document["tasks"] = [
+            t
+            if isinstance(t, str)
+            else {
+                "name": t.name,
+                "config": t.config.to_toml_tables(),
+                "target": t.target,
+                "metric": t.target_metric,
+            }
+            for t in self.tasks
+        ]
+        return json.dumps(document, indent=1, sort_keys=True, default=str)
 
 
 @dataclass
@@ -208,7 +229,16 @@ def _run_cell(config, task_name, optimizer, out, url, executor, on_progress) -> 
         if on_progress is not None:
             on_progress({**info, "task": task_name, "optimizer": optimizer})
 
-    tuned = run_tune(tune_config, None, storage=url, executor=executor, on_progress=progress)
+    spec = config.task(task_name)
+    tuned = run_tune(
+        tune_config,
+        None,
+        storage=url,
+        executor=executor,
+        on_progress=progress,
+        model=spec.model,
+        data=spec.data,
+    )
     tuned.out_dir = here
     here.mkdir(parents=True, exist_ok=True)
     write_tune_outputs(tuned)
@@ -224,8 +254,8 @@ def _run_cell(config, task_name, optimizer, out, url, executor, on_progress) -> 
         seed=RETRAIN_SEED,
         restarts=config.seeds,
     )
-    result = train(retrain, here / "seeds")
-    _score_cell(cell, config.task(task_name), result)
+    result = train(retrain, here / "seeds", model=spec.model, data=spec.data)
+    _score_cell(cell, spec, result)
     return cell
 
 
@@ -303,7 +333,7 @@ def mean_and_interval(values: list[float]) -> dict[str, float]:
 def performance_profiles(config: StudyConfig, cells: Mapping[tuple[str, str], Cell]):
     """Dolan & Moré profiles over the tasks, on median updates to target, and their scores."""
     ratios: dict[str, list[float]] = {o: [] for o in config.optimizers}
-    for task_name in config.tasks:
+    for task_name in config.task_names:
         measures = {
             o: cells[(task_name, o)].to_target.get("median_updates", math.inf)
             for o in config.optimizers
@@ -359,7 +389,7 @@ def write_study_outputs(result: StudyResult) -> None:
     document = {
         "config": json.loads(result.config.describe()),
         "spaces": {
-            o: describe(result.config.tune_config(result.config.tasks[0], o).space)
+            o: describe(result.config.tune_config(result.config.task_names[0], o).space)
             for o in result.config.optimizers
         },
         "tasks": {
@@ -368,7 +398,7 @@ def write_study_outputs(result: StudyResult) -> None:
                 "metric": result.config.task(t).target_metric,
                 "description": result.config.task(t).description,
             }
-            for t in result.config.tasks
+            for t in result.config.task_names
         },
         "cells": [dataclasses.asdict(c) for c in result.cells.values()],
         "profiles": result.profiles,

@@ -9,6 +9,7 @@ the epoch budget and missed by a badly tuned one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,12 @@ class Task:
     target_metric: str = "val_accuracy"  # or "val_loss" (regression)
     description: str = ""
     notes: dict[str, Any] = field(default_factory=dict)
+    # A user's own network and data, from Python (see ravine.train.user): the factory
+    # (``factory(seed)`` or ``factory()``) replaces the config's model, the data (tensors,
+    # Datasets or DataLoaders) its data set; the loss follows the targets (labels:
+    # cross-entropy, floats: mean squared error). Runs record them by fingerprint.
+    model: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    data: Any = field(default=None, compare=False, repr=False)
 
     def reached(self, value: float) -> bool:
         """Whether a validation value meets the target."""

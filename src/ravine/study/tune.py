@@ -353,8 +353,14 @@ def run_tune(
     executor: Any = None,
     replace: bool = False,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    model: Callable[..., Any] | None = None,
+    data: Any = None,
 ) -> TuneResult:
     """Run (or continue) the study until ``config.trials`` trials have finished.
+
+    ``model`` and ``data``: a user's network factory and data instead of the config's, as
+    ``ravine.train.train`` takes them (``ravine.train.user``). The study's identity then holds
+    their fingerprints, so continuing it with another model or other data is refused.
 
     ``out_dir`` belongs to the study (:class:`ravine.folders.RunFolder`, kind ``"tune"``): a
     folder holding another run is refused (``ValueError``) unless ``replace``; the same study
@@ -368,18 +374,25 @@ def run_tune(
     from ravine.folders import RunFolder
 
     started = time.perf_counter()
+    parts = None
+    if model is not None or data is not None:
+        from ravine.train.loop import with_user_parts
+
+        recorded, _, _ = with_user_parts(config.train, model, data)
+        config = dataclasses.replace(config, train=recorded)
+        parts = (model, data)
     out = Path(out_dir) if out_dir is not None else None
     if out is None:
-        return _run(config, None, storage, executor, on_progress, started)
+        return _run(config, None, storage, executor, on_progress, started, parts)
     with RunFolder.claim(out, "tune", config.describe(), replace=replace) as folder:
         if not folder.resuming:
             (out / STUDY_DB).unlink(missing_ok=True)  # (replace=True: the old study goes too)
-        result = _run(config, out, storage, executor, on_progress, started)
+        result = _run(config, out, storage, executor, on_progress, started, parts)
         folder.finish()
         return result
 
 
-def _run(config, out, storage, executor, on_progress, started) -> TuneResult:
+def _run(config, out, storage, executor, on_progress, started, parts=None) -> TuneResult:
     from ravine.study.executors import Local
 
     url = storage_url(out, storage)
@@ -416,6 +429,7 @@ def _run(config, out, storage, executor, on_progress, started) -> TuneResult:
                 numbers=[t.number for t in trials],
                 trial_ids=[t._trial_id for t in trials],
                 params=[dict(t.params) for t in trials],
+                parts=parts,
             )
             pending.append(executor.submit(job, study, on_progress))
             room -= size
@@ -457,6 +471,7 @@ class BatchJob:
     numbers: list[int]
     trial_ids: list[int]
     params: list[dict[str, Any]]
+    parts: tuple[Any, Any] | None = None  # a user's (model factory, data), or None
 
 
 def evaluate_batch(job: BatchJob, study=None, on_progress=None) -> list[str]:
@@ -521,7 +536,10 @@ def evaluate_batch(job: BatchJob, study=None, on_progress=None) -> list[str]:
 
     states = []
     try:
-        result = train(config.train, None, members=members, on_epoch=on_epoch)
+        model, data = job.parts or (None, None)
+        result = train(
+            config.train, None, members=members, on_epoch=on_epoch, model=model, data=data
+        )
     except ConfigError:
         for trial in trials:
             study.tell(trial, state=TrialState.FAIL)

@@ -146,7 +146,7 @@ def train(
         raise ConfigError(f"progress_every must be an integer >= 1, got {progress_every!r}")
     every = progress_every or (1 if device.type == "cpu" else 25)
 
-    config, splits, network = _with_user_parts(config, model, data)
+    config, splits, network = with_user_parts(config, model, data)
     config_text = dump_toml(config.to_toml_tables())
     # the update count and memory, before any work
     budget.check(config, splits, copies=n, network=network)
@@ -176,9 +176,10 @@ def train(
         folder.release()
 
 
-def _with_user_parts(config: TrainConfig, model, data):
+def with_user_parts(config: TrainConfig, model, data):
     """The config as the run records it, its splits, and (for a user model) one network built
-    for the fingerprint and the memory estimate."""
+    for the fingerprint and the memory estimate. A study of a user's task records its trials'
+    config the same way (``ravine.study.tune``)."""
     from ravine.train import user
 
     if model is None and data is None:
