@@ -201,5 +201,5 @@ def test_a_study_of_your_own_network_and_data(tmp_path):
         assert member0[1] == "1000"
         assert float(member0[8]) == pytest.approx(alone.final["test_loss"], rel=1e-5)
     other, _, _ = _own_task(shift=0.5)
-    with pytest.raises(ValueError, match="another configuration|holds another"):
+    with pytest.raises(ValueError, match=r"another configuration|holds another"):
         run_study(dataclasses.replace(config, tasks=(other,)), out)
