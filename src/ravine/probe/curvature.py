@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call, grad, jvp, vjp, vmap
 
 __all__ = [
     "ConditionEstimate",
@@ -49,9 +49,11 @@ __all__ = [
     "HessianOperator",
     "SaddleReport",
     "SpectralDensity",
+    "DiagonalEstimate",
     "TraceEstimate",
     "bottom_eigenvalues",
     "condition_number",
+    "hessian_diagonal",
     "hessian_operator",
     "hessian_trace",
     "hvp",
@@ -98,11 +100,19 @@ class HessianOperator:
 
     so a data set too large for one forward pass is processed in mini-batches, exactly (the
     Hessian of the full-data loss, not a stochastic one). Each product is reverse-over-reverse
-    (``method="double_backward"``, the default: ``autograd.grad`` of ``g . v``, one graph of
-    ``g`` per batch shared by a block's columns) or forward-over-reverse (``"jvp"``:
-    ``torch.func.jvp`` of ``torch.func.grad``, Pearlmutter's R-operator; on small CPU models
-    its transform overhead made it ~3x slower here, and not every op has forward-mode AD). ``num_hvps`` counts the products of ``dim``-vectors
-    computed (a block of ``p`` vectors counts ``p``), whatever the number of batches.
+    (``method="double_backward"``, the default: the pullback of ``g = nabla L`` applied to
+    ``v``, from ``torch.func.vjp`` of ``torch.func.grad``) or forward-over-reverse (``"jvp"``:
+    ``torch.func.jvp`` of ``torch.func.grad``, Pearlmutter's R-operator; it recomputes the
+    gradient for every product, and not every op has forward-mode AD). A block of ``p``
+    vectors is one vectorized pass (``torch.func.vmap``, ``chunk_size`` columns at a time).
+    ``num_hvps`` counts the products of ``dim``-vectors computed (a block of ``p`` vectors
+    counts ``p``), whatever the number of batches.
+
+    ``reuse_graph`` keeps each batch's gradient graph (one forward + backward, as PyHessian
+    does for one batch) so that every later product is one backward pass over it: about half
+    the cost of rebuilding it, at the memory of the batch's activations for the operator's
+    lifetime. Default: reuse when the data is one batch (a caller who split the data into
+    mini-batches did it to bound memory); ``True`` keeps every batch's graph.
 
     Build one with :meth:`from_module` or :meth:`from_function` (or :func:`hessian_operator`).
 
@@ -112,6 +122,9 @@ class HessianOperator:
       batches: ``(batch, weight)`` pairs; ``batch`` is passed to ``loss`` as is.
       unflatten: maps a ``(dim,)`` vector to the user's view of it (parameter dict, shaped x).
       method: ``"double_backward"`` or ``"jvp"``.
+      reuse_graph: keep the gradient graphs between products (``double_backward`` only).
+      chunk_size: columns of a block computed in one vectorized pass (memory ~ chunk_size x
+        the backward pass's).
 
     Reference: B. A. Pearlmutter, "Fast exact multiplication by the Hessian", Neural
     Computation 6(1), 1994.
@@ -125,6 +138,9 @@ class HessianOperator:
         *,
         unflatten: Callable[[Tensor], Any] | None = None,
         method: Method = "double_backward",
+        reuse_graph: bool | None = None,
+        chunk_size: int = 32,
+        blocks: Mapping[str, slice] | None = None,
     ) -> None:
         owner = "HessianOperator"
         if not isinstance(point, Tensor) or point.ndim != 1 or not point.is_floating_point():
@@ -133,12 +149,20 @@ class HessianOperator:
             raise ValueError(f"{owner}: method must be 'jvp' or 'double_backward', got {method!r}")
         if len(batches) == 0:
             raise ValueError(f"{owner}: batches must not be empty")
+        if reuse_graph not in (None, True, False):
+            raise ValueError(f"{owner}: reuse_graph must be None, True or False, got {reuse_graph!r}")
         self._loss = loss
         self.point = point.detach()
         self._batches = list(batches)
         self._unflatten = unflatten
         self.method = method
+        self.reuse_graph = len(self._batches) == 1 if reuse_graph is None else reuse_graph
+        self.chunk_size = _positive_int(chunk_size, "chunk_size", owner)
+        self.blocks = dict(blocks) if blocks is not None else {"x": slice(0, self.dim)}
         self.num_hvps = 0
+        # batch index -> pullback of the gradient at ``point``; valid for one point.
+        self._pullbacks: dict[int, Callable[[Tensor], tuple[Tensor, ...]]] = {}
+        self._cached_point: Tensor | None = None
 
     # -- constructors ---------------------------------------------------------------------
 
@@ -153,6 +177,8 @@ class HessianOperator:
         reduction: Literal["mean", "sum"] = "mean",
         dtype: torch.dtype | None = None,
         method: Method = "double_backward",
+        reuse_graph: bool | None = None,
+        chunk_size: int = 32,
     ) -> HessianOperator:
         """The Hessian of ``loss_fn(model(inputs), targets)`` w.r.t. ``model``'s trainable params.
 
@@ -166,7 +192,9 @@ class HessianOperator:
         ``dtype`` (e.g. ``torch.float64``) casts copies of the parameters, buffers and floating
         data; the model itself is untouched. The model runs in its current mode: call
         ``model.eval()`` first for BatchNorm/Dropout to be deterministic (and in train mode
-        BatchNorm's running statistics would be updated by every HVP).
+        BatchNorm's running statistics would be updated by every HVP). ``reuse_graph`` and
+        ``chunk_size``: see :class:`HessianOperator`. The operator's ``blocks`` map each
+        parameter name to its slice of ``theta`` (for :func:`block_curvature`).
         """
         owner = "HessianOperator.from_module"
         if not isinstance(model, nn.Module):
@@ -203,8 +231,11 @@ class HessianOperator:
             out = functional_call(model, {**unflatten(theta), **constants}, (inputs,))
             return loss_fn(out, targets)
 
+        offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+        blocks = {n: slice(a, b) for n, a, b in zip(names, offsets, offsets[1:], strict=False)}
         return cls(loss, point, list(zip(raw, weights, strict=True)), unflatten=unflatten,
-                   method=method)  # fmt: skip
+                   method=method, reuse_graph=reuse_graph, chunk_size=chunk_size,
+                   blocks=blocks)  # fmt: skip
 
     @classmethod
     def from_function(
@@ -262,37 +293,56 @@ class HessianOperator:
             )
         block = v.to(self.dtype).reshape(self.dim, -1)
         out = torch.zeros_like(block)
-        for batch, weight in self._batches:
-            out += weight * self._batch_hvp(batch, block)
+        for index, (_, weight) in enumerate(self._batches):
+            out += weight * self._batch_hvp(index, block)
         self.num_hvps += block.shape[1]
         return out.reshape(v.shape)
 
     __call__ = matvec
 
-    def _batch_hvp(self, batch: Any, block: Tensor) -> Tensor:
+    def _pullback(self, index: int) -> Callable[[Tensor], tuple[Tensor, ...]]:
+        """``v -> (H_b v,)`` for batch ``index``: one forward + backward builds the gradient and
+        its graph; each call of the pullback is one more backward pass over that graph."""
+        if self._cached_point is not self.point:  # a new point invalidates every graph
+            self._pullbacks.clear()
+            self._cached_point = self.point
+        pull = self._pullbacks.get(index)
+        if pull is None:
+            batch = self._batches[index][0]
+            with torch.enable_grad():
+                _, pull = vjp(grad(lambda t: self._loss(t, batch)), self.point)
+            if self.reuse_graph:
+                self._pullbacks[index] = pull
+        return pull
+
+    def _batch_hvp(self, index: int, block: Tensor) -> Tensor:
         x = self.point
-        if self.method == "jvp":
-            g = grad(lambda t: self._loss(t, batch))
-            with warnings.catch_warnings():
-                # torch.func.jvp scripts a helper on first use, and torch 2.13 warns that
-                # torch.jit.script is deprecated: torch's internals, nothing a caller can fix.
-                warnings.filterwarnings(
-                    "ignore", message=".*torch.jit.script.*", category=DeprecationWarning
-                )
-                cols = [jvp(g, (x,), (block[:, j],))[1] for j in range(block.shape[1])]
-            return torch.stack(cols, dim=1)
-        # One forward/backward builds g(theta) with its graph; each column differentiates g . v.
-        with torch.enable_grad():
-            t = x.clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(self._loss(t, batch), t, create_graph=True)
-            cols = []
-            for j in range(block.shape[1]):
-                (hv,) = torch.autograd.grad(
-                    g, t, grad_outputs=block[:, j], retain_graph=j + 1 < block.shape[1],
-                    allow_unused=True,
-                )  # fmt: skip
-                cols.append(torch.zeros_like(x) if hv is None else hv)
-        return torch.stack(cols, dim=1).detach()
+        with warnings.catch_warnings():
+            # torch.func.jvp scripts a helper on first use, and torch 2.13 warns that
+            # torch.jit.script is deprecated; vmap warns when an op lacks a batching rule
+            # and falls back to a loop (still correct). torch's internals, nothing to fix.
+            warnings.filterwarnings(
+                "ignore", message=".*torch.jit.script.*", category=DeprecationWarning
+            )
+            warnings.filterwarnings("ignore", message=".*performance drop.*")
+            if self.method == "jvp":
+                batch = self._batches[index][0]
+                g = grad(lambda t: self._loss(t, batch))
+
+                def product(u: Tensor) -> Tensor:
+                    return jvp(g, (x,), (u,))[1]
+
+            else:
+                pull = self._pullback(index)
+
+                def product(u: Tensor) -> Tensor:
+                    return pull(u)[0]
+
+            with torch.enable_grad():
+                if block.shape[1] == 1:  # no vmap machinery for the common single vector
+                    return product(block[:, 0]).detach()[:, None]
+                cols = vmap(product, chunk_size=self.chunk_size)(block.T.contiguous())
+        return cols.T.detach()
 
     def loss_and_gradient(self) -> tuple[Tensor, Tensor]:
         """The loss ``L(theta)`` and its gradient ``(dim,)`` (not counted as HVPs)."""
@@ -502,10 +552,16 @@ def lanczos(
         block = block[:, : max(0, n - q.shape[1])]
         w = op(block)
         counted += block.shape[1]
+        # T = Q^T H Q grows by the new block's rows and columns only (the old entries are
+        # products of the same stored columns): O(dim m p) per step, not O(dim m^2).
         q = torch.cat([q, block], dim=1)
         hq = torch.cat([hq, w], dim=1)
-        t = q.T @ hq
-        t = (t + t.T) / 2  # symmetric by construction; average away rounding asymmetry
+        p = block.shape[1]
+        col = q.T @ w  # (m, p): Q^T H b
+        row = hq.T @ block  # (m, p): (H Q)^T b, the same numbers up to rounding
+        side = (col + row) / 2  # symmetric by construction; average away rounding asymmetry
+        t = torch.cat([torch.cat([t, side[:-p].T], dim=0), side], dim=1)
+        t[-p:, :] = side.T
         scale = max(scale, float(w.norm(dim=0).max()))
         result = LanczosResult(q, hq, t, counted, q.shape[1] >= n)
         if q.shape[1] >= n:
@@ -693,14 +749,66 @@ def hessian_trace(
         diag = torch.diagonal(op.dense())
         return TraceEstimate(float(diag.sum()), 0.0, op.num_hvps - before, diag)
     num_probes = _positive_int(num_probes, "num_probes", owner)
-    gen = _generator(generator)
-    samples = []
-    for _ in range(num_probes):
-        z = torch.randint(0, 2, (op.dim,), generator=gen).to(op.dtype).to(op.device) * 2 - 1
-        samples.append(z @ op(z))
-    s = torch.stack(samples)
+    z, hz = _rademacher_products(op, num_probes, _generator(generator))
+    s = (z * hz).sum(dim=0)  # (num_probes,): z_j^T H z_j
     stderr = float(s.std() / math.sqrt(num_probes)) if num_probes > 1 else math.inf
     return TraceEstimate(float(s.mean()), stderr, num_probes, s)
+
+
+def _rademacher_products(
+    op: HessianOperator, num_probes: int, gen: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """``(Z, H Z)`` for ``num_probes`` Rademacher columns, computed as blocks of
+    ``op.chunk_size`` (one vectorized pass each) rather than one product at a time."""
+    z = torch.randint(0, 2, (op.dim, num_probes), generator=gen).to(op.dtype).to(op.device)
+    z = z * 2 - 1
+    hz = torch.cat([op(c) for c in z.split(op.chunk_size, dim=1)], dim=1)
+    return z, hz
+
+
+@dataclass(frozen=True)
+class DiagonalEstimate:
+    """``diag H``: the estimate ``(dim,)``, its per-entry standard error, HVPs used."""
+
+    diagonal: Tensor
+    stderr: Tensor
+    num_hvps: int
+
+
+def hessian_diagonal(
+    op: HessianOperator,
+    *,
+    num_probes: int = 100,
+    exact: bool = False,
+    generator: torch.Generator | int | None = 0,
+) -> DiagonalEstimate:
+    """Hutchinson's estimate of the Hessian's diagonal, ``E_z[z * H z]``, per coordinate.
+
+    .. math::
+        \\operatorname{diag} H = \\mathbb{E}_z [z \\odot H z], \\quad z_i \\in \\{-1, +1\\};
+        \\qquad \\operatorname{Var}[(z \\odot Hz)_i] = \\sum_{j \\ne i} H_{ij}^2,
+
+    so coordinates coupled weakly to the others converge fast, and a diagonal Hessian is
+    exact from one probe. The standard error is per coordinate (sample std / sqrt(m)).
+    ``exact=True`` reads the diagonal off ``dim`` HVPs instead (small problems, tests).
+    ``op.unflatten(result.diagonal)`` gives it per parameter.
+
+    Reference: C. Bekas, E. Kokiopoulou, Y. Saad, "An estimator for the diagonal of a
+    matrix", Applied Numerical Mathematics 57, 2007; Z. Yao et al., "ADAHESSIAN", AAAI 2021.
+    """
+    owner = "hessian_diagonal"
+    if exact:
+        before = op.num_hvps
+        diag = torch.diagonal(op.dense()).clone()
+        return DiagonalEstimate(diag, torch.zeros_like(diag), op.num_hvps - before)
+    num_probes = _positive_int(num_probes, "num_probes", owner)
+    z, hz = _rademacher_products(op, num_probes, _generator(generator))
+    samples = z * hz  # (dim, num_probes)
+    if num_probes > 1:
+        stderr = samples.std(dim=1) / math.sqrt(num_probes)
+    else:
+        stderr = torch.full((op.dim,), math.inf, dtype=op.dtype, device=op.device)
+    return DiagonalEstimate(samples.mean(dim=1), stderr, num_probes)
 
 
 @dataclass(frozen=True)
@@ -779,17 +887,19 @@ def spectral_density(
     m = min(num_steps, op.dim)
     nodes = torch.zeros(num_probes, m, dtype=op.dtype)
     weights = torch.zeros_like(nodes)
+    starts = torch.randn(num_probes, op.dim, generator=gen, dtype=op.dtype).to(op.device)
+    # Probes run in lockstep, a group's products as one block: bounded so the group's bases
+    # (group x m x dim numbers) stay under 2^27 (1 GiB in float64).
+    group = max(1, min(num_probes, op.chunk_size, 2**27 // (m * op.dim)))
     used = 0
-    for probe in range(num_probes):
-        start = torch.randn(op.dim, generator=gen, dtype=op.dtype).to(op.device)
-        # No restart: the quadrature belongs to the probe's own Krylov space; an early
-        # exhaustion means the quadrature is already exact with fewer nodes.
-        res = lanczos(op, m, start=start, restart=False)
-        used += res.num_hvps
-        theta, s = torch.linalg.eigh(res.t)
-        r = theta.numel()
-        nodes[probe, :r] = theta.cpu()
-        weights[probe, :r] = s[0].square().cpu()  # basis[:, 0] = v / |v|
+    for first in range(0, num_probes, group):
+        alpha, beta, lengths, hvps = _lockstep_lanczos(op, starts[first : first + group], m)
+        used += hvps
+        for j, r in enumerate(lengths):
+            t = torch.diag(alpha[j, :r]) + torch.diag(beta[j, : r - 1], 1)
+            theta, s = torch.linalg.eigh(t + torch.diag(beta[j, : r - 1], -1))
+            nodes[first + j, :r] = theta.cpu()
+            weights[first + j, :r] = s[0].square().cpu()  # basis[:, 0] = v / |v|
     lo, hi = float(nodes[weights > 0].min()), float(nodes[weights > 0].max())
     if sigma is None:
         sigma = 0.01 * (hi - lo) if hi > lo else 1e-3 * max(abs(hi), 1.0)
@@ -799,6 +909,51 @@ def spectral_density(
     kernel = torch.exp(-0.5 * z.square()) / (sigma * math.sqrt(2 * math.pi))
     density = (kernel * weights[None]).sum(dim=(1, 2)) / num_probes
     return SpectralDensity(grid, density, nodes, weights, sigma, used)
+
+
+def _lockstep_lanczos(
+    op: HessianOperator, starts: Tensor, m: int
+) -> tuple[Tensor, Tensor, list[int], int]:
+    """Lanczos from each row of ``starts`` ``(P, dim)``, all P runs advanced together: one
+    block product per step for the runs still going. Full reorthogonalization (classical
+    Gram-Schmidt twice) against each run's own basis, as :func:`lanczos`, but no restart: a
+    run whose Krylov space is exhausted stops, its quadrature already exact.
+
+    Returns ``(alpha (P, m), beta (P, m - 1), lengths, hvps)``: run ``j``'s tridiagonal
+    ``T`` has ``alpha[j, :r]`` on the diagonal and ``beta[j, :r - 1]`` beside it.
+    """
+    p, n = starts.shape
+    eps = torch.finfo(starts.dtype).eps
+    basis = starts.new_zeros(p, m, n)
+    alpha = starts.new_zeros(p, m)
+    beta = starts.new_zeros(p, max(m - 1, 0))
+    lengths = [m] * p
+    live = torch.arange(p, device=starts.device)
+    v = starts / starts.norm(dim=1, keepdim=True)
+    scale, hvps = 0.0, 0
+    for i in range(m):
+        basis[live, i] = v
+        w = op(v.T).T  # (live, dim)
+        hvps += len(live)
+        alpha[live, i] = (w * v).sum(dim=1)
+        scale = max(scale, float(w.norm(dim=1).max()))
+        if i + 1 == m:
+            break
+        before = w.norm(dim=1)
+        q = basis[live, : i + 1]  # (live, i + 1, dim)
+        for _ in range(2):
+            w = w - torch.bmm(q.transpose(1, 2), torch.bmm(q, w[:, :, None])).squeeze(2)
+        norm = w.norm(dim=1)
+        # A remainder at rounding level: the Krylov space is invariant (see _orthonormalize).
+        floor = 100 * eps * torch.clamp(before, min=scale) * math.sqrt(n)
+        going = norm > floor
+        for j in live[~going].tolist():
+            lengths[j] = i + 1
+        beta[live[going], i] = norm[going]
+        live, v = live[going], w[going] / norm[going, None]
+        if len(live) == 0:
+            break
+    return alpha, beta, lengths, hvps
 
 
 # ----------------------------------------------------------------------------- conditioning
