@@ -44,13 +44,16 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 __all__ = [
+    "BlockCurvature",
     "ConditionEstimate",
+    "DiagonalEstimate",
     "EigenResult",
     "HessianOperator",
     "SaddleReport",
     "SpectralDensity",
-    "DiagonalEstimate",
     "TraceEstimate",
+    "block_curvature",
+    "block_operator",
     "bottom_eigenvalues",
     "condition_number",
     "hessian_diagonal",
@@ -149,8 +152,10 @@ class HessianOperator:
             raise ValueError(f"{owner}: method must be 'jvp' or 'double_backward', got {method!r}")
         if len(batches) == 0:
             raise ValueError(f"{owner}: batches must not be empty")
-        if reuse_graph not in (None, True, False):
-            raise ValueError(f"{owner}: reuse_graph must be None, True or False, got {reuse_graph!r}")
+        if not (reuse_graph is None or isinstance(reuse_graph, bool)):
+            raise ValueError(
+                f"{owner}: reuse_graph must be None, True or False, got {reuse_graph!r}"
+            )
         self._loss = loss
         self.point = point.detach()
         self._batches = list(batches)
@@ -954,6 +959,119 @@ def _lockstep_lanczos(
         if len(live) == 0:
             break
     return alpha, beta, lengths, hvps
+
+
+# ----------------------------------------------------------------------------- per block
+
+
+def block_operator(op: HessianOperator, names: str | Sequence[str]) -> HessianOperator:
+    """The Hessian of the loss w.r.t. some blocks of ``theta`` only, the others held fixed:
+    the principal submatrix ``H_bb`` of ``op``'s Hessian (the rows and columns of the named
+    blocks, in ``op.blocks`` order), as an operator of its own.
+
+    Every estimator runs on it: ``top_eigenvalues(block_operator(op, "0.weight"))`` is the
+    sharpest direction that moves only that layer's weights. Its products differentiate
+    w.r.t. the block alone, so each costs a little less than one of ``op``'s.
+    """
+    owner = "block_operator"
+    wanted = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in wanted if n not in op.blocks]
+    if not wanted or unknown:
+        raise ValueError(
+            f"{owner}: names must be blocks of the operator; unknown {unknown or wanted!r}, "
+            f"valid: {', '.join(op.blocks)}"
+        )
+    chosen = [(n, sl) for n, sl in op.blocks.items() if n in wanted]
+    point = op.point
+    # theta = the fixed coordinates with the block's pieces slotted in, in order.
+    edges, start = [], 0
+    for _, sl in chosen:
+        edges.append((start, sl))
+        start += sl.stop - sl.start
+
+    def loss(tb: Tensor, batch: Any) -> Tensor:
+        pieces, cursor = [], 0
+        for begin, sl in edges:
+            pieces += [point[cursor : sl.start], tb[begin : begin + sl.stop - sl.start]]
+            cursor = sl.stop
+        pieces.append(point[cursor:])
+        return op._loss(torch.cat(pieces), batch)
+
+    sub_point = torch.cat([point[sl] for _, sl in chosen])
+    blocks, begin = {}, 0
+    for n, sl in chosen:
+        blocks[n] = slice(begin, begin + sl.stop - sl.start)
+        begin += sl.stop - sl.start
+    return HessianOperator(
+        loss, sub_point, op._batches, method=op.method, reuse_graph=op.reuse_graph,
+        chunk_size=op.chunk_size, blocks=blocks,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BlockCurvature:
+    """Curvature of one parameter block (a named parameter, or a layer's parameters).
+
+    Attributes:
+      names: the parameters in the block.
+      size: its number of coordinates.
+      top: the block Hessian's largest eigenpairs (:class:`EigenResult`, eigenvectors in the
+        block's coordinates).
+      trace: ``tr H_bb``, the block's share of ``tr H`` (:class:`TraceEstimate`).
+    """
+
+    names: tuple[str, ...]
+    size: int
+    top: EigenResult
+    trace: TraceEstimate
+
+
+def block_curvature(
+    op: HessianOperator,
+    *,
+    by: Literal["parameter", "layer"] = "parameter",
+    k: int = 1,
+    num_probes: int = 50,
+    exact_below: int = 64,
+    tol: float = 1e-6,
+    generator: torch.Generator | int | None = 0,
+) -> dict[str, BlockCurvature]:
+    """Top eigenvalues and trace of each diagonal block ``H_bb`` of the Hessian.
+
+    ``by="parameter"``: one block per named parameter (``"0.weight"``, ``"0.bias"``, ...);
+    ``"layer"``: a module's parameters together (``"0"``, ``"2"``: the name before the last
+    dot). The blocks' traces add up to ``tr H``; their top eigenvalues are each at most
+    ``lambda_max(H)`` (Cauchy interlacing), and show which layer is sharpest, which a single
+    spectrum of the whole network cannot. A block of at most ``exact_below`` coordinates gets
+    its exact trace (``size`` HVPs), the others Hutchinson's (``num_probes`` HVPs). ``k`` is
+    capped at each block's size. ``op.num_hvps`` does not count the blocks' products; each
+    result's ``num_hvps`` does.
+
+    Returns a dict block name -> :class:`BlockCurvature`, in parameter order.
+    """
+    owner = "block_curvature"
+    if by not in ("parameter", "layer"):
+        raise ValueError(f"{owner}: by must be 'parameter' or 'layer', got {by!r}")
+    k = _positive_int(k, "k", owner)
+    num_probes = _positive_int(num_probes, "num_probes", owner)
+    if isinstance(exact_below, bool) or not isinstance(exact_below, int) or exact_below < 0:
+        raise ValueError(
+            f"{owner}: exact_below must be a non-negative integer, got {exact_below!r}"
+        )
+    groups: dict[str, list[str]] = {}
+    for name in op.blocks:
+        key = name.rsplit(".", 1)[0] if by == "layer" and "." in name else name
+        groups.setdefault(key, []).append(name)
+    out = {}
+    for key, names in groups.items():
+        sub = block_operator(op, names)
+        top = top_eigenvalues(sub, min(k, sub.dim), tol=tol, generator=generator)
+        if sub.dim <= exact_below:
+            trace = hessian_trace(sub, exact=True)
+        else:
+            trace = hessian_trace(sub, num_probes=num_probes, generator=generator)
+        out[key] = BlockCurvature(tuple(names), sub.dim, top, trace)
+    return out
 
 
 # ----------------------------------------------------------------------------- conditioning
