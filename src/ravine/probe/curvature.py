@@ -536,8 +536,11 @@ def lanczos(
     def randn(p: int) -> Tensor:
         return torch.randn(n, p, generator=gen, dtype=dtype).to(device)
 
-    q = torch.zeros(n, 0, dtype=dtype, device=device)
-    hq = torch.zeros_like(q)
+    # Q and HQ live in buffers that double when full: appending a block copies O(dim p),
+    # not the whole basis (torch.cat per step made building m vectors O(dim m^2)).
+    buf_q = torch.zeros(n, min(n, 64), dtype=dtype, device=device)
+    buf_hq = torch.zeros_like(buf_q)
+    q, hq = buf_q[:, :0], buf_hq[:, :0]
     block = randn(block_size) if start is None else start.to(dtype).reshape(n, -1)
     block = _orthonormalize(block, q, 0.0)
     counted = 0
@@ -559,9 +562,14 @@ def lanczos(
         counted += block.shape[1]
         # T = Q^T H Q grows by the new block's rows and columns only (the old entries are
         # products of the same stored columns): O(dim m p) per step, not O(dim m^2).
-        q = torch.cat([q, block], dim=1)
-        hq = torch.cat([hq, w], dim=1)
-        p = block.shape[1]
+        m, p = q.shape[1], block.shape[1]
+        if m + p > buf_q.shape[1]:
+            size = min(n, max(2 * buf_q.shape[1], m + p))
+            buf_q = torch.cat([q, q.new_zeros(n, size - m)], dim=1)
+            buf_hq = torch.cat([hq, hq.new_zeros(n, size - m)], dim=1)
+        buf_q[:, m : m + p] = block
+        buf_hq[:, m : m + p] = w
+        q, hq = buf_q[:, : m + p], buf_hq[:, : m + p]
         col = q.T @ w  # (m, p): Q^T H b
         row = hq.T @ block  # (m, p): (H Q)^T b, the same numbers up to rounding
         side = (col + row) / 2  # symmetric by construction; average away rounding asymmetry
@@ -596,8 +604,10 @@ class EigenResult:
     converged: bool
 
 
-def _ritz(result: LanczosResult, k: int, which: str) -> tuple[Tensor, Tensor, Tensor]:
-    theta, s = torch.linalg.eigh(result.t)
+def _ritz(
+    result: LanczosResult, k: int, which: str, eig: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    theta, s = torch.linalg.eigh(result.t) if eig is None else eig
     idx = torch.arange(theta.numel())
     idx = idx.flip(0)[:k] if which == "largest" else idx[:k]
     s = s[:, idx]
@@ -630,10 +640,11 @@ def _extreme(
     def stop(result: LanczosResult) -> bool:
         if result.basis.shape[1] < k:
             return False
-        _, _, res = _ritz(result, k, which)
+        eig = torch.linalg.eigh(result.t)  # once per step: T's eigenpairs serve both uses
+        _, _, res = _ritz(result, k, which, eig)
         # Residual relative to ||H|| (estimated by the largest Ritz value): eigenvalues near
         # zero get absolute accuracy tol * ||H||, the others relative accuracy tol.
-        norm = float(torch.linalg.eigvalsh(result.t).abs().max())
+        norm = float(eig[0].abs().max())
         done["ok"] = bool((res <= tol * max(norm, torch.finfo(op.dtype).tiny)).all())
         return done["ok"]
 

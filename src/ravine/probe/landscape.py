@@ -483,7 +483,8 @@ def _mlp_points(model, loss_fn, x, y, base, dirs, coeffs, layers, chunk_size, cl
         h = h.view(p, n, width0)
         for plan in plans[1:]:
             if plan[0] == "act":
-                h = plan[1](h)
+                # h is this chunk's own temporary: ReLU in place saves a pass over memory.
+                h = torch.relu_(h) if type(plan[1]) is nn.ReLU else plan[1](h)
                 continue
             _, out_f, in_f, (w, dw), bias, _ = plan
             weights = torch.addmm(w[None], c, dw) if k else w[None].expand(p, -1)
@@ -495,7 +496,7 @@ def _mlp_points(model, loss_fn, x, y, base, dirs, coeffs, layers, chunk_size, cl
                 h = torch.bmm(h, weights.transpose(1, 2))
         losses.append(torch.func.vmap(lambda out: loss_fn(out, y))(h))
         if classify and h.shape[-1] > 1:
-            accs.append((h.argmax(dim=-1) == y).to(h.dtype).mean(dim=-1))
+            accs.append((h.argmax(dim=-1) == y).float().mean(dim=-1))  # as the vmap path
     loss = torch.cat(losses) if losses else coeffs.new_zeros(0)
     if not accs:
         return loss, None
