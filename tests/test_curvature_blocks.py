@@ -216,3 +216,24 @@ def test_top_eigenvalues_on_the_reused_graph_of_a_relu_mlp():
     evals = torch.linalg.eigvalsh(h).flip(0)
     res = top_eigenvalues(op, 3)
     assert torch.allclose(res.eigenvalues, evals[:3], atol=1e-6 * float(evals.abs().max()))
+
+
+def test_hutch_plus_plus_exact_on_low_rank_and_unbiased(net):
+    # Rank 2: the sketch (3 probes) spans H's range, so the rest is 0 and the trace exact.
+    gen = torch.Generator().manual_seed(4)
+    a, b = torch.randn(10, generator=gen).double(), torch.randn(10, generator=gen).double()
+    low = torch.outer(a, a) - 0.5 * torch.outer(b, b)
+    op = HessianOperator.from_function(lambda x: 0.5 * x @ low @ x, torch.zeros(10).double())
+    est = hessian_trace(op, num_probes=9, method="hutch++")
+    assert est.trace == pytest.approx(float(low.trace()), rel=1e-10) and est.num_hvps == 9
+    assert est.stderr == pytest.approx(0.0, abs=1e-10)
+    *_, op, h = net
+    plain = hessian_trace(op, num_probes=30, generator=1)
+    plus = hessian_trace(op, num_probes=30, generator=1, method="hutch++")  # sketch of 10
+    assert plus.num_hvps == 30
+    assert abs(plus.trace - float(h.trace())) < 4 * plus.stderr
+    assert plus.stderr < plain.stderr  # a few outliers carry most of ||H||_F here
+    with pytest.raises(ValueError, match="hutch\\+\\+ needs num_probes >= 3, got 2"):
+        hessian_trace(op, num_probes=2, method="hutch++")
+    with pytest.raises(ValueError, match="method must be 'hutchinson' or 'hutch\\+\\+'"):
+        hessian_trace(op, method="xtrace")
