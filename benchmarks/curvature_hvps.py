@@ -6,13 +6,14 @@ The model is an MLP 64-128-128-10 (ReLU, He normal, ``digits_mlp`` with two hidd
 split (1,437 examples) as one batch, everything in float64. Rows:
 
 - one HVP: PyHessian's ``hessian_vector_product`` on the graph it keeps, against ravine's
-  operator on its kept graph, one vector at a time and as a block of 32 (one ``vmap`` pass);
+  operator on its kept graph, one vector, and a block of 32 (one backward per column);
 - top-1 / top-k eigenvalues: PyHessian's deflated power iteration (``hessian.eigenvalues``,
   its stopping rule: Rayleigh quotient changes < tol relative) against Lanczos
   (``top_eigenvalues``, residual < tol ||H||);
 - trace: PyHessian's Hutchinson (``hessian.trace``, stops when the running mean changes < tol
-  relative) against ``hessian_trace`` with as many probes as PyHessian used (equal accuracy
-  in expectation: the same estimator; ravine's probes go 32 per pass);
+  relative) against ``hessian_trace`` with as many probes as PyHessian used (the same
+  estimator: equal accuracy in expectation), and ``ravine++``: ``method="hutch++"`` with the
+  same number of HVPs (a third sketch the top of the spectrum, whose trace is then exact);
 - density: PyHessian's SLQ (``hessian.density``, one Lanczos run per probe) against
   ``spectral_density`` (the probes' runs in lockstep, one block product per step), same probes
   and steps; scored by the quadrature's trace ``dim * mean_l sum_i w_i theta_i`` and its
@@ -253,6 +254,12 @@ def bench_seed(seed: int, args, x, y, rows: list, per_product: list) -> None:
         return est.num_hvps, rel(est.trace, exact_trace)
 
     fns[("trace", "ravine")] = ravine_trace
+
+    def ravine_hutch_plus_plus():
+        est = hessian_trace(operator(), num_probes=probes, generator=seed, method="hutch++")
+        return est.num_hvps, rel(est.trace, exact_trace)
+
+    fns[("trace", "ravine++")] = ravine_hutch_plus_plus
 
     def score_density(nodes, weights):
         nodes, weights = torch.as_tensor(nodes), torch.as_tensor(weights)
