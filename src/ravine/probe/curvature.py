@@ -1007,7 +1007,8 @@ def _lockstep_lanczos(
         if i + 1 == m:
             break
         before = w.norm(dim=1)
-        q = basis[live, : i + 1]  # (live, i + 1, dim)
+        # (live, i + 1, dim): a view while every run is live; indexing by ``live`` copies.
+        q = basis[: len(live), : i + 1] if len(live) == p else basis[live, : i + 1]
         for _ in range(2):
             w = w - torch.bmm(q.transpose(1, 2), torch.bmm(q, w[:, :, None])).squeeze(2)
         norm = w.norm(dim=1)
