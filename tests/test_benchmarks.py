@@ -22,7 +22,11 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
         ),
         ("restarts.py", ["--restarts", "2", "--epochs", "1", "--repeats", "1"], "speed-up"),
         ("tune.py", ["--trials", "2", "--epochs", "1", "--repeats", "1"], "speed-up"),
-        ("curvature_hvps.py", ["--k", "2", "--seeds", "0"], "Lanczos"),
+        (
+            "curvature_hvps.py",
+            ["--k", "2", "--examples", "64", "--repeats", "1", "--steps", "8", "--probes", "2"],
+            "PyHessian",
+        ),
         ("landscape.py", ["--resolution", "5", "--repeats", "1"], "vmap"),
         (
             "train_throughput.py",

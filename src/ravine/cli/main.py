@@ -816,25 +816,37 @@ def probe(
             "--report", help="Also write report.html into the folder (see ravine report)."
         ),
     ] = False,
+    instruments: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: gradients, spectrum, trace, density, condition, blocks "
+            "(per-layer curvature); or all."
+        ),
+    ] = "all",
 ) -> None:
     """Gradient health, curvature and saddle report of a trained run.
 
-    Writes probe.json, probe-spectrum.png (Hessian eigenvalue density) and
-    probe-gradient-flow.png into the run folder.
+    Writes probe.json, probe-spectrum.png (Hessian eigenvalue density, with density) and
+    probe-gradient-flow.png (with gradients) into the run folder; a line per instrument as
+    it finishes.
 
     Examples:
 
       ravine probe ravine-runs/digits
+
+      ravine probe ravine-runs/digits --instruments spectrum,trace --examples 500
     """
     device = _check_device(device)
+    from ravine.cli.probe import parse_instruments, probe_with_progress
+
     _check_count("--examples", examples, 1)
     _check_count("--k", k, 1, limits.MAX_EIGENVALUES, "")
+    chosen = parse_instruments(instruments)
     _check_path("the run folder", run_dir)
     errors.note_output(run_dir)
     from rich.console import Console
 
     from ravine.folders import DamagedFileError, FolderInUseError
-    from ravine.report.probe import probe_run
     from ravine.train import ConfigError
     from ravine.train.devices import using_device
 
@@ -842,12 +854,13 @@ def probe(
     resolved = _resolve_device(device)
     try:
         # (using_device: load_run puts the model and the data there)
-        status = console.status("probing: gradients, Hessian eigenvalues, trace, density")
-        with status, using_device(resolved):
-            report = probe_run(run_dir, examples=examples, k=k)
+        with using_device(resolved):
+            lines = probe_with_progress(
+                run_dir, examples=examples, k=k, instruments=chosen, console=console
+            )
     except (ConfigError, DamagedFileError, FolderInUseError) as error:
         raise UsageFailure(str(error)) from None
-    for line in report["lines"]:
+    for line in lines:
         console.print(line)
     console.print(f"wrote probe.json and figures to {run_dir}/")
     _after_run(run_dir, write_report)

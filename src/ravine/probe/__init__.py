@@ -5,7 +5,8 @@ Usable on any ``torch.nn.Module`` + loss + data:
 * :mod:`ravine.probe.gradients`: per-layer gradient / weight / update norms and activation
   statistics over training; vanishing and exploding gradients flagged with advice.
 * :mod:`ravine.probe.curvature`: Hessian-vector products, Lanczos eigenvalues, Hutchinson
-  trace, spectral density, condition number, saddle points and their escape directions.
+  trace and diagonal, spectral density, condition number, per-layer (block) curvature, saddle
+  points and their escape directions.
 * :mod:`ravine.probe.landscape`: interpolation curves, filter-normalized surfaces and
   optimizer trajectories, evaluated batched.
 * :mod:`ravine.probe.tracking`: curvature every k updates during training, with saddle and
@@ -14,8 +15,11 @@ Usable on any ``torch.nn.Module`` + loss + data:
 
 from ravine.probe.curvature import (
     HessianOperator,
+    block_curvature,
+    block_operator,
     bottom_eigenvalues,
     condition_number,
+    hessian_diagonal,
     hessian_operator,
     hessian_trace,
     hvp,
@@ -40,10 +44,13 @@ __all__ = [
     "CurvatureTracker",
     "GradientMonitor",
     "HessianOperator",
+    "block_curvature",
+    "block_operator",
     "bottom_eigenvalues",
     "condition_number",
     "diagnose",
     "filter_normalize",
+    "hessian_diagonal",
     "hessian_operator",
     "hessian_trace",
     "hvp",

@@ -358,6 +358,16 @@ def evaluate_points(
         split = None
     classify = y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8)
 
+    layers = _plain_mlp(split) if split is not None else None
+    if layers is not None:
+        was_training = model.training
+        model.eval()  # Dropout is the identity only in eval mode
+        try:
+            return _mlp_points(
+                model, loss_fn, x, y, base, dirs, coeffs, layers, chunk_size, classify
+            )
+        finally:
+            model.train(was_training)
     if split is not None:
         lname = split[0]
         wk, bk = f"{lname}.weight", f"{lname}.bias"
@@ -412,6 +422,85 @@ def evaluate_points(
     if acc.numel() and torch.isnan(acc).all():
         return loss, None
     return loss, acc
+
+
+# Elementwise modules that act on each point's activations alone (eval mode: Dropout is the
+# identity), so a stack of them and Linear layers can run as batched matrix products.
+_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.ELU, nn.SiLU,
+                nn.Softplus, nn.Identity, nn.Dropout)  # fmt: skip
+
+
+def _plain_mlp(split: tuple[str, nn.Linear, list[tuple[str, nn.Module]]]):
+    """``[(name, module), ...]`` from the first Linear on, if every later leaf is a Linear or
+    an elementwise activation; else None (the general vmap path handles it)."""
+    name, linear, tail = split
+    for _, module in tail:
+        if type(module) is not nn.Linear and not isinstance(module, _ELEMENTWISE):
+            return None
+    return [(name, linear), *tail]
+
+
+def _mlp_points(model, loss_fn, x, y, base, dirs, coeffs, layers, chunk_size, classify):
+    """:func:`evaluate_points` for a Linear/activation stack, without vmap: a chunk of ``P``
+    points is one ``(P, n, width)`` activation tensor; each Linear's per-point weights
+    ``W + sum_k c_k D_k`` come from one small matrix product and the layer is one fused
+    ``baddbmm``; the first layer's products are computed once (``x W^T``, ``x D_k^T``) and
+    combined per point with one ``addmm``. The point-by-point loop of loss-landscapes keeps a
+    ``(n, width)`` activation in cache; chunks of a few points keep that locality while
+    dropping the per-point overhead."""
+    dtype = next(iter(base.values())).dtype
+    coeffs = coeffs.to(dtype)
+    k = len(dirs)
+    n = x.shape[0]
+
+    def stacked(key: str) -> tuple[Tensor, Tensor]:  # (numel,), (k, numel)
+        b = base[key].reshape(-1)
+        d = torch.stack([dd[key].reshape(-1) for dd in dirs]) if k else b.new_zeros(0, b.numel())
+        return b, d
+
+    plans = []
+    for i, (name, module) in enumerate(layers):
+        if type(module) is nn.Linear:
+            w = stacked(f"{name}.weight")
+            bias = stacked(f"{name}.bias") if f"{name}.bias" in base else None
+            plans.append(("linear", module.out_features, module.in_features, w, bias, i == 0))
+        else:
+            plans.append(("act", module))
+    _, width0, _, (w0, dw0), bias0, _ = plans[0]
+    first = torch.nn.functional.linear
+    h0 = first(x, w0.view(width0, -1), None if bias0 is None else bias0[0])  # (n, width)
+    hk = torch.stack([first(x, d.view(width0, -1)) for d in dw0]) if k else None
+    if bias0 is not None and k:
+        hk = hk + bias0[1][:, None, :]  # each direction moves the bias too
+    hk_flat = hk.reshape(k, -1) if k else None
+
+    losses, accs = [], []
+    for start in range(0, coeffs.shape[0], chunk_size):
+        c = coeffs[start : start + chunk_size]  # (P, k)
+        p = c.shape[0]
+        flat0 = h0.reshape(1, -1).expand(p, -1)
+        h = torch.addmm(flat0, c, hk_flat) if k else flat0.clone()
+        h = h.view(p, n, width0)
+        for plan in plans[1:]:
+            if plan[0] == "act":
+                # h is this chunk's own temporary: ReLU in place saves a pass over memory.
+                h = torch.relu_(h) if type(plan[1]) is nn.ReLU else plan[1](h)
+                continue
+            _, out_f, in_f, (w, dw), bias, _ = plan
+            weights = torch.addmm(w[None], c, dw) if k else w[None].expand(p, -1)
+            weights = weights.view(p, out_f, in_f)
+            if bias is not None:
+                b = torch.addmm(bias[0][None], c, bias[1]) if k else bias[0][None].expand(p, -1)
+                h = torch.baddbmm(b[:, None, :], h, weights.transpose(1, 2))
+            else:
+                h = torch.bmm(h, weights.transpose(1, 2))
+        losses.append(torch.func.vmap(lambda out: loss_fn(out, y))(h))
+        if classify and h.shape[-1] > 1:
+            accs.append((h.argmax(dim=-1) == y).float().mean(dim=-1))  # as the vmap path
+    loss = torch.cat(losses) if losses else coeffs.new_zeros(0)
+    if not accs:
+        return loss, None
+    return loss, torch.cat(accs)
 
 
 # ----------------------------------------------------------------------------- data

@@ -1,0 +1,75 @@
+"""ravine probe --instruments / --examples: chosen instruments only, a line per instrument,
+bad values refused in one line (exit 2) before torch is imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ravine.cli.main import main
+from ravine.cli.probe import INSTRUMENTS, parse_instruments
+
+
+def test_cli_names_are_the_instruments():
+    from ravine.probe.instruments import INSTRUMENTS as LIBRARY
+
+    assert LIBRARY == INSTRUMENTS
+    assert parse_instruments("all") == INSTRUMENTS
+    assert parse_instruments(" trace, spectrum,trace ") == ("trace", "spectrum")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("probe") / "run"
+    argv = ["train", "--dataset", "spirals", "--model", "mlp", "--width", "8", "--epochs", "1"]
+    argv += ["--out", str(folder)]
+    assert main(argv) == 0
+    return folder
+
+
+def test_chosen_instruments_only(run, capsys):
+    argv = ["probe", str(run), "--instruments", "spectrum,trace,blocks", "--examples", "100"]
+    assert main([*argv, "--k", "2"]) == 0
+    out = capsys.readouterr().out
+    for name in ("spectrum:", "trace:", "blocks:", "top eigenvalues", "layer "):
+        assert name in out
+    report = json.loads((run / "probe.json").read_text())
+    assert report["instruments"] == ["spectrum", "trace", "blocks"]  # in the fixed order
+    assert report["examples"] == 100 and len(report["top_eigenvalues"]) == 2
+    assert "findings" not in report and "condition_positive" not in report
+    assert set(report["blocks"]) == {"hidden0.linear", "hidden1.linear", "head"}
+    assert report["hvps"] > 0
+    # The blocks' traces add up to the whole trace (each a Hutchinson estimate, so loosely).
+    total = sum(b["trace"] for b in report["blocks"].values())
+    errors = (sum(b["trace_stderr"] ** 2 for b in report["blocks"].values())
+              + report["trace_stderr"] ** 2) ** 0.5  # fmt: skip
+    assert abs(total - report["trace"]) < 5 * errors + 1e-6
+
+
+def test_bad_instruments_exit_2_in_one_line_before_torch():
+    code = (
+        "import sys\nfrom ravine.cli.main import main\n"
+        "rc = main(['probe', 'nowhere', '--instruments', 'spectrum,hessian'])\n"
+        "print(rc, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.split() == ["2", "False"], done.stderr
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "--instruments must be 'all' or names from gradients" in err[0]
+    assert "got hessian" in err[0]
+
+
+def test_library_rejects_unknown_instruments():
+    import torch
+
+    from ravine.probe.instruments import run_instruments
+
+    model = torch.nn.Linear(2, 2)
+    x, y = torch.zeros(3, 2), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"instruments must name at least one of .*\['x'\]"):
+        run_instruments(model, torch.nn.functional.cross_entropy, x, y, instruments=["x"])
+    with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
+        run_instruments(model, torch.nn.functional.cross_entropy, x, y, k=0)
