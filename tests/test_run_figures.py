@@ -122,10 +122,16 @@ def test_spectrum_clips_the_smoothing_and_states_trace_and_condition(figures, tm
     density = SimpleNamespace(grid=grid, density=torch.exp(-(grid**2) * 20) * 10 + 1e-14)
     top = SimpleNamespace(eigenvalues=torch.tensor([3.5, 2.9]))
     bottom = SimpleNamespace(eigenvalues=torch.tensor([-0.1]))
-    trace = SimpleNamespace(trace=59.6, stderr=1.7)
-    condition = SimpleNamespace(condition_positive=1445.0, negative_ratio=0.03)
-    report = {"grad_norm": 0.3, "kind": "not_critical", "examples": 1000}
-    _plot_density(density, top, bottom, trace, condition, report, tmp_path / "s.png")
+    report = {
+        "grad_norm": 0.3,
+        "kind": "not_critical",
+        "examples": 1000,
+        "trace": 59.6,
+        "trace_stderr": 1.7,
+        "condition_positive": 1445.0,
+        "negative_ratio": 0.03,
+    }
+    _plot_density(density, top, bottom, report, tmp_path / "s.png")
     (fig,) = figures
     (ax,) = fig.axes
     low, high = ax.get_ylim()

@@ -5,126 +5,115 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ravine.folders import atomic_write_text, locked
-from ravine.probe import (
-    GradientMonitor,
-    bottom_eigenvalues,
-    condition_number,
-    diagnose,
-    hessian_operator,
-    hessian_trace,
-    interpolate,
-    saddle_report,
-    spectral_density,
-    surface,
-    top_eigenvalues,
-    trajectory,
-)
+from ravine.probe import interpolate, surface, trajectory
+from ravine.probe.instruments import INSTRUMENTS, Progress, run_instruments
 from ravine.train.build import loss_function
 from ravine.train.config import ConfigError
 from ravine.train.run import load_run, read_weights
 
 
-def probe_run(run_dir: str | Path, *, examples: int = 1000, k: int = 5) -> dict[str, Any]:
-    """Gradient health and curvature of a run's trained network on ``examples`` training
-    examples; writes ``probe.json`` and two figures, returns the report.
+def probe_run(
+    run_dir: str | Path,
+    *,
+    examples: int = 1000,
+    k: int = 5,
+    instruments: Sequence[str] = INSTRUMENTS,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The chosen instruments (:mod:`ravine.probe.instruments`) on a run's trained network, on
+    ``examples`` training examples; writes ``probe.json`` and the figures they feed
+    (``probe-gradient-flow.png``, ``probe-spectrum.png``), returns the report with its summary
+    ``lines``. ``progress(name, "start" | "end", seconds, hvps)`` around each instrument.
 
     Holds the folder's lock throughout: a folder another process is writing is refused
     (:class:`ravine.folders.FolderInUseError`) before any work is done.
     """
     with locked(_existing_folder(run_dir)):
-        return _probe_run(Path(run_dir), examples, k)
+        return _probe_run(Path(run_dir), examples, k, instruments, progress)
 
 
-def _probe_run(run_dir: Path, examples: int, k: int) -> dict[str, Any]:
+def _probe_run(run_dir: Path, examples, k, instruments, progress) -> dict[str, Any]:
     from ravine.report.gradients import plot_gradient_profile
 
     run = load_run(run_dir)
     parameters = sum(p.numel() for p in run.model.parameters())
-    if k > parameters:
+    if k > parameters and "spectrum" in instruments:
         raise ConfigError(
             f"k must be <= the network's {parameters:,} parameters (one eigenvalue each), got {k}"
         )
     splits = run.splits
     x = run.inputs(splits.x_train[:examples])
     y = splits.y_train[:examples]
-    loss_fn = loss_function(splits.dataset)
-    model = run.model
-
-    # Gradient health: a few mini-batches through the trained network, no updates.
-    model.train()
-    with GradientMonitor(model) as monitor:
-        batch = run.config.batch_size
-        for step, start in enumerate(range(0, len(x), batch)):
-            model.zero_grad()
-            loss_fn(model(x[start : start + batch]), y[start : start + batch]).backward()
-            monitor.record(step)
-            if step == 9:
-                break
-    model.eval()
-    findings = diagnose(monitor)
-
-    # Curvature on the same examples, in float64 so small eigenvalues mean something.
-    op = hessian_operator(model, loss_fn, (x, y), dtype=torch.float64)
-    top = top_eigenvalues(op, k=k)
-    bottom = bottom_eigenvalues(op, k=k)
-    trace = hessian_trace(op, num_probes=50)
-    condition = condition_number(op)
-    density = spectral_density(op, num_probes=5, num_steps=60)
-    saddle = saddle_report(op, k=k)
-
-    report = {
-        "examples": len(x),
-        "loss": saddle.loss,
-        "grad_norm": saddle.grad_norm,
-        "kind": saddle.kind,
-        "top_eigenvalues": top.eigenvalues.tolist(),
-        "bottom_eigenvalues": bottom.eigenvalues.tolist(),
-        "trace": trace.trace,
-        "trace_stderr": trace.stderr,
-        "condition_positive": condition.condition_positive,
-        "negative_ratio": condition.negative_ratio,
-        "negative_mass": condition.negative_mass,
-        "findings": [
-            {
-                "kind": f.kind,
-                "layer": f.layer,
-                "step": f.step,
-                "message": f.message,
-                "advice": f.advice,
-            }
-            for f in findings
-        ],
-        "hvps": op.num_hvps,
-    }
+    batch = run.config.batch_size
+    results = run_instruments(
+        run.model,
+        loss_function(splits.dataset),
+        x,
+        y,
+        instruments=instruments,
+        k=k,
+        batch_size=batch,
+        progress=progress,
+    )
+    report = results["report"]
     out = Path(run_dir)
     atomic_write_text(out / "probe.json", json.dumps(_finite(report), indent=2))
-    plot_gradient_profile(
-        monitor,
-        out / "probe-gradient-flow.png",
-        title=f"Gradient flow through the trained network ({saddle.kind.replace('_', ' ')})",
-        note=f"{len(monitor.history)} mini-batches of {batch} training examples, no updates "
-        "between them",
-    )
-    _plot_density(density, top, bottom, trace, condition, report, out / "probe-spectrum.png")
-
-    lines = [
-        f"point: {saddle.kind} (loss {saddle.loss:.4g}, gradient norm {saddle.grad_norm:.3g})",
-        "top eigenvalues: " + ", ".join(f"{v:.4g}" for v in report["top_eigenvalues"]),
-        "bottom eigenvalues: " + ", ".join(f"{v:.4g}" for v in report["bottom_eigenvalues"]),
-        f"trace {trace.trace:.4g} ± {trace.stderr:.2g}; condition (positive part) "
-        f"{condition.condition_positive:.3g}; negative eigenvalues {condition.negative_ratio:.1%}",
-    ]
-    lines += [f"{f.kind} at {f.layer}: {f.message}. {f.advice}" for f in findings] or [
-        "gradients: no vanishing or exploding gradients, dead ReLUs or saturation flagged"
-    ]
-    report["lines"] = lines
+    monitor = results["monitor"]
+    if monitor is not None:
+        where = f" ({report['kind'].replace('_', ' ')})" if "kind" in report else ""
+        plot_gradient_profile(
+            monitor,
+            out / "probe-gradient-flow.png",
+            title=f"Gradient flow through the trained network{where}",
+            note=f"{len(monitor.history)} mini-batches of {batch} training examples, no updates "
+            "between them",
+        )
+    if results["density"] is not None:
+        _plot_density(
+            results["density"],
+            results["top"],
+            results["bottom"],
+            report,
+            out / "probe-spectrum.png",
+        )
+    report["lines"] = summary_lines(report)
     return report
+
+
+def summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """What ``ravine probe`` prints: a line per instrument that ran."""
+    lines = []
+    if "kind" in report:
+        lines += [
+            f"point: {report['kind']} (loss {report['loss']:.4g}, gradient norm "
+            f"{report['grad_norm']:.3g})",
+            "top eigenvalues: " + ", ".join(f"{v:.4g}" for v in report["top_eigenvalues"]),
+            "bottom eigenvalues: " + ", ".join(f"{v:.4g}" for v in report["bottom_eigenvalues"]),
+        ]
+    if "trace" in report:
+        lines.append(f"trace {report['trace']:.4g} ± {report['trace_stderr']:.2g}")
+    if "condition_positive" in report:
+        lines.append(
+            f"condition (positive part) {report['condition_positive']:.3g}; negative "
+            f"eigenvalues {report['negative_ratio']:.1%}"
+        )
+    for key, block in report.get("blocks", {}).items():
+        lines.append(
+            f"layer {key} ({block['size']:,} parameters): lambda_max "
+            f"{block['top_eigenvalue']:.4g}, trace {block['trace']:.4g}"
+        )
+    if "findings" in report:
+        lines += [
+            f"{f['kind']} at {f['layer']}: {f['message']}. {f['advice']}"
+            for f in report["findings"]
+        ] or ["gradients: no vanishing or exploding gradients, dead ReLUs or saturation flagged"]
+    lines.append(f"{report['hvps']} Hessian-vector products")
+    return lines
 
 
 def landscape_run(
@@ -179,9 +168,10 @@ def _existing_folder(path: str | Path) -> Path:
     return path
 
 
-def _plot_density(density, top, bottom, trace, condition, report, path: Path) -> Path:
-    """The spectral density (SLQ) with the Lanczos extremes marked and the numbers that sum
-    the spectrum up (trace, condition number, negative part) in the key."""
+def _plot_density(density, top, bottom, report, path: Path) -> Path:
+    """The spectral density (SLQ) with the Lanczos extremes marked (``top``/``bottom``: None
+    when the spectrum was not asked for) and the numbers of the report that sum the spectrum
+    up (trace, condition number, negative part) in the key, those that were measured."""
     import numpy as np
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -200,9 +190,11 @@ def _plot_density(density, top, bottom, trace, condition, report, path: Path) ->
     ax = fig.subplots()
     ax.fill_between(grid, floor, np.maximum(values, floor), color="tab:blue", alpha=0.15, lw=0)
     ax.plot(grid, np.maximum(values, floor), color="tab:blue", lw=1.4)
-    for value in top.eigenvalues.tolist():
+    tops = top.eigenvalues.tolist() if top is not None else []
+    bottoms = bottom.eigenvalues.tolist() if bottom is not None else []
+    for value in tops:
         ax.axvline(value, color="tab:red", alpha=0.6, lw=0.9)
-    for value in bottom.eigenvalues.tolist():
+    for value in bottoms:
         ax.axvline(value, color="tab:green", alpha=0.6, lw=0.9)
     ax.axvline(0.0, color="0.3", lw=0.8, ls=":")
     ax.set_yscale("log")
@@ -210,19 +202,26 @@ def _plot_density(density, top, bottom, trace, condition, report, path: Path) ->
     ax.set_xlabel("Hessian eigenvalue")
     ax.set_ylabel("spectral density (SLQ)")
     ax.grid(alpha=0.3)
-    lam_max = max(top.eigenvalues.tolist(), default=float("nan"))
+    lam_max = max(tops, default=float("nan"))
     handles = [
-        Line2D([], [], color="tab:blue", lw=1.4, label="density (5 probes x 60 Lanczos steps)"),
-        Line2D([], [], color="tab:red", lw=0.9, label=f"top {len(top.eigenvalues)} (Lanczos)"),
-        Line2D([], [], color="tab:green", lw=0.9, label=f"bottom {len(bottom.eigenvalues)}"),
+        Line2D([], [], color="tab:blue", lw=1.4, label="density (5 probes x 60 Lanczos steps)")
     ]
-    stats = [
-        f"λmax {lam_max:.4g}, λmin {min(bottom.eigenvalues.tolist(), default=float('nan')):.4g}",
-        f"trace {trace.trace:.4g} ± {trace.stderr:.2g} (Hutchinson)",
-        f"condition number {condition.condition_positive:.3g} (positive part)",
-        f"negative eigenvalues: {condition.negative_ratio:.1%} of the spectrum",
-        f"gradient norm {report['grad_norm']:.3g}: {report['kind'].replace('_', ' ')}",
-    ]
+    stats = []
+    if tops:
+        handles += [
+            Line2D([], [], color="tab:red", lw=0.9, label=f"top {len(tops)} (Lanczos)"),
+            Line2D([], [], color="tab:green", lw=0.9, label=f"bottom {len(bottoms)}"),
+        ]
+        stats.append(f"λmax {lam_max:.4g}, λmin {min(bottoms, default=float('nan')):.4g}")
+    if "trace" in report:
+        stats.append(f"trace {report['trace']:.4g} ± {report['trace_stderr']:.2g} (Hutchinson)")
+    if "condition_positive" in report:
+        stats += [
+            f"condition number {report['condition_positive']:.3g} (positive part)",
+            f"negative eigenvalues: {report['negative_ratio']:.1%} of the spectrum",
+        ]
+    if "kind" in report:
+        stats.append(f"gradient norm {report['grad_norm']:.3g}: {report['kind'].replace('_', ' ')}")
     key_beside(ax, handles, title="\n".join(stats), title_fontsize=8)
     fig.suptitle(f"Hessian spectrum of the trained network, {report['examples']} training examples")
     fig.supxlabel(
