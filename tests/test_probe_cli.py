@@ -73,3 +73,41 @@ def test_library_rejects_unknown_instruments():
         run_instruments(model, torch.nn.functional.cross_entropy, x, y, instruments=["x"])
     with pytest.raises(ValueError, match="k must be a positive integer, got 0"):
         run_instruments(model, torch.nn.functional.cross_entropy, x, y, k=0)
+
+
+def test_a_later_probe_of_fewer_instruments_leaves_no_stale_figure_or_finding(run):
+    """Full probe, then trace only: the figures whose instruments did not run go, and the
+    report states only what was measured (never 'nothing flagged' for unrun gradients)."""
+    from ravine.report.folder import _probe_lines
+
+    assert main(["probe", str(run), "--examples", "100", "--k", "2"]) == 0
+    assert (run / "probe-spectrum.png").is_file() and (run / "probe-gradient-flow.png").is_file()
+    assert main(["probe", str(run), "--examples", "100", "--instruments", "trace"]) == 0
+    assert not (run / "probe-spectrum.png").exists()
+    assert not (run / "probe-gradient-flow.png").exists()
+    lines = _probe_lines(run)
+    assert any(line.startswith("trace ") for line in lines)
+    assert not any("no vanishing" in line or "point:" in line for line in lines)
+
+
+def test_the_gradients_instrument_leaves_batch_norm_statistics_alone():
+    """Batch-norm running statistics are what the curvature instruments see: running the
+    gradients instrument first (train mode) must not change them, or the trace."""
+    import torch
+    from torch import nn
+
+    from ravine.probe.instruments import run_instruments
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    model.eval()
+    x, y = torch.randn(64, 4) * 3 + 1, torch.randint(0, 3, (64,))
+    loss = nn.functional.cross_entropy
+    before = {k: b.clone() for k, b in model.named_buffers()}
+    torch.manual_seed(1)
+    alone = run_instruments(model, loss, x, y, instruments=("trace",))["report"]["trace"]
+    torch.manual_seed(1)
+    both = run_instruments(model, loss, x, y, instruments=("gradients", "trace"), batch_size=16)
+    for key, buffer in model.named_buffers():
+        assert torch.equal(buffer, before[key]), key
+    assert both["report"]["trace"] == pytest.approx(alone, rel=1e-12)

@@ -157,3 +157,14 @@ def test_gradient_profile_one_point_per_layer(tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="empty"):
         plot_gradient_profile([], tmp_path / "e.png")
+
+
+def test_spectrum_without_the_eigenvalue_instrument_says_so(figures, tmp_path):
+    """Density alone (probe --instruments density): no Lanczos marks, and no claim about
+    positive curvature the spectrum instrument did not measure."""
+    grid = torch.linspace(-1, 6, 200)
+    density = SimpleNamespace(grid=grid, density=torch.exp(-((grid - 5) ** 2)) + 1e-14)
+    _plot_density(density, None, None, {"examples": 100}, tmp_path / "d.png")
+    (fig,) = figures
+    caption = fig._supxlabel.get_text()
+    assert "not measured" in caption and "no positive curvature" not in caption

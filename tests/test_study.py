@@ -203,3 +203,12 @@ def test_a_study_of_your_own_network_and_data(tmp_path):
     other, _, _ = _own_task(shift=0.5)
     with pytest.raises(ValueError, match=r"another configuration|holds another"):
         run_study(dataclasses.replace(config, tasks=(other,)), out)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", ""])
+def test_a_task_of_ones_own_needs_a_plain_name(name):
+    own, _, _ = _own_task()
+    import dataclasses
+
+    with pytest.raises(ValueError, match="task's name"):
+        StudyConfig(optimizers=("sgd",), tasks=(dataclasses.replace(own, name=name),))

@@ -78,6 +78,15 @@ def _check_count(
         raise UsageFailure(f"{option} must be <= {high:,}{why}, got {limits.format_count(value)}")
 
 
+def _check_run_folder(path: Path) -> None:
+    """The folder a probe or landscape reads exists (checked before torch is imported)."""
+    _check_path("the run folder", path)
+    if not path.exists():
+        raise UsageFailure(f"run folder {path} does not exist")
+    if not path.is_dir():
+        raise UsageFailure(f"{path} is not a folder")
+
+
 def _check_path(option: str, path: Path) -> None:
     text = os.fspath(path)
     if not text or "\0" in text:
@@ -468,13 +477,13 @@ def train(
             "[user] records a model or data given from Python (ravine.train.train(model=, "
             "data=)); the command line trains built-in models and data"
         )
+    if tensorboard:
+        _check_tensorboard()
     run = _pinned(run)  # a file's SHA-256 joins the config: a resume with another is refused
     _preflight(run)  # the model, the optimizer, the data, the update count, the memory
     resolved = _resolve_device(device)
     from ravine.cli.study_options import threads_for
 
-    if tensorboard:
-        _check_tensorboard()
     with threads_for(run, run.restarts, threads):
         _run_training(
             run,
@@ -512,9 +521,10 @@ def _with_pairs(run, config: Path | None, lr: float | None, data: Path | None, p
     run = dataclasses.replace(run, **changes) if changes else run
 
     optimizer_args = {"lr": lr} if lr is not None else {}
-    optimizer_args.update(
-        arguments.parse_optimizer_args(run.optimizer, pairs["--opt-arg"], run.optimizer_args)
-    )
+    given = arguments.parse_optimizer_args(run.optimizer, pairs["--opt-arg"], run.optimizer_args)
+    if lr is not None and "lr" in given:
+        raise ValueError("--lr and --opt-arg lr=... both set the learning rate: give one")
+    optimizer_args.update(given)
     schedule_args = {}
     if pairs["--schedule-arg"]:
         if run.schedule is None:
@@ -842,7 +852,7 @@ def probe(
     _check_count("--examples", examples, 1)
     _check_count("--k", k, 1, limits.MAX_EIGENVALUES, "")
     chosen = parse_instruments(instruments)
-    _check_path("the run folder", run_dir)
+    _check_run_folder(run_dir)
     errors.note_output(run_dir)
     from rich.console import Console
 
@@ -862,7 +872,7 @@ def probe(
         raise UsageFailure(str(error)) from None
     for line in lines:
         console.print(line)
-    console.print(f"wrote probe.json and figures to {run_dir}/")
+    console.print(f"wrote probe.json (and the figures of the instruments that ran) to {run_dir}/")
     _after_run(run_dir, write_report)
 
 
@@ -897,7 +907,7 @@ def landscape(
         raise UsageFailure(f"unknown --kind {kind!r}; valid: {', '.join(kinds)}")
     _check_count("--resolution", resolution, 2, limits.MAX_RESOLUTION, "")
     _check_count("--examples", examples, 1)
-    _check_path("the run folder", run_dir)
+    _check_run_folder(run_dir)
     errors.note_output(run_dir)
     from rich.console import Console
 

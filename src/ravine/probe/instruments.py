@@ -95,6 +95,9 @@ def run_instruments(
             progress(name, "start", time.perf_counter() - began, hvps)
         start = time.perf_counter()
         if name == "gradients":
+            # Train mode, as in training (dropout, batch statistics), but the running
+            # statistics must not move: the curvature instruments read the network as it was.
+            buffers = {k: b.clone() for k, b in model.named_buffers()}
             model.train()
             with GradientMonitor(model) as monitor:
                 for step, first in enumerate(range(0, len(x), batch_size)):
@@ -105,6 +108,9 @@ def run_instruments(
                     if step == 9:
                         break
             model.eval()
+            with torch.no_grad():
+                for key, buffer in model.named_buffers():
+                    buffer.copy_(buffers[key])
             model.zero_grad(set_to_none=True)
             findings = diagnose(monitor)
             out["monitor"] = monitor

@@ -63,11 +63,14 @@ class CurvatureTracker:
             return
         was_training = model.training
         model.eval()
+        # The batch follows the model to its device (a run on a GPU, the batch from the host).
+        device = next(model.parameters()).device
+        data = tuple(t.to(device) if torch.is_tensor(t) else t for t in self.data)
         try:
             report = saddle_report(
                 model,
                 self.loss_fn,
-                self.data,
+                data,
                 k=1,
                 grad_tol=self.grad_tol,
                 max_hvps=self.max_hvps,

@@ -409,19 +409,11 @@ def _instruments(record: FolderRecord) -> None:
     if (path / "probe.json").is_file():
         record.findings.append(("probe of the trained network", _probe_lines(path)))
         probe = _read_json(path / "probe.json")
-        record.commands.append(
-            shlex.join(
-                [
-                    "ravine",
-                    "probe",
-                    "NEW_FOLDER",
-                    "--examples",
-                    str(probe.get("examples")),
-                    "--k",
-                    str(len(probe.get("top_eigenvalues") or []) or 5),
-                ]
-            )
-        )
+        command = ["ravine", "probe", "NEW_FOLDER", "--examples", str(probe.get("examples"))]
+        command += ["--k", str(len(probe.get("top_eigenvalues") or []) or 5)]
+        if isinstance(probe.get("instruments"), list):
+            command += ["--instruments", ",".join(map(str, probe["instruments"]))]
+        record.commands.append(shlex.join(command))
     for kind in ("interp", "surface", "trajectory"):
         file = path / f"landscape-{kind}.npz"
         if file.is_file():
@@ -463,20 +455,38 @@ def _probe_lines(path: Path) -> list[str]:
         value = p.get(key)
         return format(value, fmt) if isinstance(value, int | float) else "?"
 
-    lines = [
-        f"point: {p.get('kind')} (loss {num('loss')}, gradient norm {num('grad_norm', '.3g')}, "
-        f"on {p.get('examples')} training examples)",
-        "top Hessian eigenvalues: " + ", ".join(f"{v:.4g}" for v in p.get("top_eigenvalues") or []),
-        "bottom eigenvalues: " + ", ".join(f"{v:.4g}" for v in p.get("bottom_eigenvalues") or []),
-        f"trace {num('trace')} ± {num('trace_stderr', '.2g')}; condition number of the positive "
-        f"part {num('condition_positive', '.3g')}; negative eigenvalues "
-        f"{num('negative_ratio', '.1%')} of the spectrum",
-    ]
-    findings = [f for f in p.get("findings") or [] if isinstance(f, dict)]
-    lines += [
-        f"{f.get('kind')} at {f.get('layer')}: {f.get('message')}. {f.get('advice')}"
-        for f in findings
-    ] or ["gradients: no vanishing or exploding gradients, dead ReLUs or saturation flagged"]
+    # Only what the instruments that ran measured (probe --instruments may choose a few;
+    # probe.json from before that option has every key).
+    ran = p.get("instruments")
+    ran = set(ran) if isinstance(ran, list) else {"gradients", "spectrum", "trace", "condition"}
+    lines = [f"on {p.get('examples')} training examples: {', '.join(sorted(ran))}"]
+    if "spectrum" in ran:
+        lines += [
+            f"point: {p.get('kind')} (loss {num('loss')}, gradient norm {num('grad_norm', '.3g')})",
+            "top Hessian eigenvalues: "
+            + ", ".join(f"{v:.4g}" for v in p.get("top_eigenvalues") or []),
+            "bottom eigenvalues: "
+            + ", ".join(f"{v:.4g}" for v in p.get("bottom_eigenvalues") or []),
+        ]
+    if "trace" in ran:
+        lines.append(f"trace {num('trace')} ± {num('trace_stderr', '.2g')}")
+    if "condition" in ran:
+        lines.append(
+            f"condition number of the positive part {num('condition_positive', '.3g')}; "
+            f"negative eigenvalues {num('negative_ratio', '.1%')} of the spectrum"
+        )
+    blocks = p.get("blocks")
+    for key, block in (blocks if isinstance(blocks, dict) else {}).items():
+        if isinstance(block, dict):
+            lines.append(
+                f"layer {key}: lambda_max {block.get('top_eigenvalue')}, trace {block.get('trace')}"
+            )
+    if "gradients" in ran:
+        findings = [f for f in p.get("findings") or [] if isinstance(f, dict)]
+        lines += [
+            f"{f.get('kind')} at {f.get('layer')}: {f.get('message')}. {f.get('advice')}"
+            for f in findings
+        ] or ["gradients: no vanishing or exploding gradients, dead ReLUs or saturation flagged"]
     return lines
 
 
@@ -677,6 +687,8 @@ def _study(record: FolderRecord, _owner_config: str) -> None:
         command += ["--optimizer", name]
     for name in tasks:
         command += ["--task", name]
+    if any(not isinstance(t, str) for t in config.get("tasks") or []):
+        command = ["#", "a", "study", "of", "tasks", "given", "from", "Python:", *command]
     for name in config.get("space") or []:
         command += ["--space", name]
     for key in ("trials", "batch", "seeds", "tune_seeds", "sampler", "pruner", "epochs", "seed"):

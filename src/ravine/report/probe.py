@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ravine.folders import atomic_write_text, locked
+from ravine.folders import atomic_write_text, forget, locked, recorded
 from ravine.probe import interpolate, surface, trajectory
 from ravine.probe.instruments import INSTRUMENTS, Progress, run_instruments
 from ravine.train.build import loss_function
@@ -81,6 +81,13 @@ def _probe_run(run_dir: Path, examples, k, instruments, progress) -> dict[str, A
             report,
             out / "probe-spectrum.png",
         )
+    # A figure of an earlier probe whose instrument did not run this time would sit beside a
+    # probe.json that no longer holds its numbers: ravine's own, so it goes.
+    for name, drawn in (("probe-gradient-flow", monitor), ("probe-spectrum", results["density"])):
+        if drawn is None:
+            for suffix in (".png", ".svg"):
+                if recorded(out / f"{name}{suffix}"):
+                    forget(out / f"{name}{suffix}")
     report["lines"] = summary_lines(report)
     return report
 
@@ -227,7 +234,9 @@ def _plot_density(density, top, bottom, report, path: Path) -> Path:
     fig.supxlabel(
         "mass at 0: flat directions; mass below 0: negative curvature (saddle-like); "
         + (
-            f"gradient descent is stable for lr below about 2 / λmax = {2 / lam_max:.3g}"
+            "top eigenvalues not measured (--instruments spectrum)"
+            if not tops
+            else f"gradient descent is stable for lr below about 2 / λmax = {2 / lam_max:.3g}"
             if lam_max > 0
             else "no positive curvature found"
         ),

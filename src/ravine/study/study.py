@@ -30,6 +30,7 @@ import dataclasses
 import itertools
 import json
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -80,6 +81,13 @@ class StudyConfig:
         for entry in self.tasks:
             if not isinstance(entry, Task):
                 task(entry)
+            elif not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", entry.name):
+                # The name is a folder of the study's (<task>/<optimizer>/) and part of file
+                # and Optuna study names: one plain path component.
+                raise ValueError(
+                    f"tasks: a task's name must be letters, digits, '_', '.' or '-' (not "
+                    f"starting with '.' or '-'), got {entry.name!r}"
+                )
         names = tuple(self.task_names)
         for key, values in (("optimizers", self.optimizers), ("tasks", names)):
             if len(set(values)) != len(values):
