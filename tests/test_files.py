@@ -244,6 +244,23 @@ def test_train_on_a_file_records_it_and_refuses_a_changed_one(files, monkeypatch
     assert "has changed since sha256" in capsys.readouterr().err
 
 
+def test_the_library_records_the_files_digest_as_the_cli_does(tmp_path):
+    """``ravine.train.train`` from Python pins the file too: config.toml has its SHA-256, and
+    the same run after the file changed is refused instead of resumed on other data."""
+    from ravine.train import ConfigError, TrainConfig, train
+
+    table = tmp_path / "t.csv"
+    rows = ["a,b,label"] + [f"{i % 7},{(3 * i) % 5},{i % 2}" for i in range(60)]
+    table.write_text("\n".join(rows) + "\n")
+    config = TrainConfig(dataset="file", dataset_args={"path": str(table)}, epochs=1)
+    train(config, tmp_path / "run")
+    assert f'sha256 = "{digest(table)}"' in (tmp_path / "run" / "config.toml").read_text()
+    with table.open("a") as handle:
+        handle.write("1,1,1\n")
+    with pytest.raises(ConfigError, match="holds another"):
+        train(config, tmp_path / "run")
+
+
 def test_train_on_an_image_folder_and_a_regression_table(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     image_folder(tmp_path / "pics")

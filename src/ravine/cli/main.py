@@ -545,21 +545,13 @@ def _pinned(run):
     """``run`` with the SHA-256 of the file (or image folder) ``[data] path`` names."""
     if run.dataset != "file":
         return run
-    import dataclasses
-
-    from ravine.problems.files import digest
+    from ravine.train import ConfigError
+    from ravine.train.build import pin_data_file
 
     try:
-        sha = digest(run.dataset_args["path"])
-    except (OSError, ValueError) as error:
+        return pin_data_file(run)
+    except ConfigError as error:
         raise UsageFailure(str(error)) from None
-    pinned = run.dataset_args.get("sha256")
-    if pinned is not None and pinned != sha:
-        raise UsageFailure(
-            f"[data] path: {run.dataset_args['path']} has changed since sha256 = {pinned!r} "
-            f"was recorded (now {sha}); remove sha256 to train on the file as it is now"
-        )
-    return dataclasses.replace(run, dataset_args={**run.dataset_args, "sha256": sha})
 
 
 def _check_device(name: str) -> str:

@@ -59,6 +59,28 @@ def model_config(config: TrainConfig) -> ModelConfig:
         raise ConfigError(f"model: {error}") from None
 
 
+def pin_data_file(config: TrainConfig) -> TrainConfig:
+    """``config`` with the SHA-256 of the file (or image folder) ``[data] path`` names, so the
+    run's config.toml records which content it trained on and a resume on a changed file is
+    refused; ``ConfigError`` when a recorded ``sha256`` no longer matches."""
+    if config.dataset != "file" or "path" not in config.dataset_args:
+        return config
+    from ravine.problems.files import digest
+
+    path = config.dataset_args["path"]
+    try:
+        sha = digest(path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(str(error)) from None
+    pinned = config.dataset_args.get("sha256")
+    if pinned is not None and pinned != sha:
+        raise ConfigError(
+            f"[data] path: {path} has changed since sha256 = {pinned!r} was recorded (now "
+            f"{sha}); remove sha256 to train on the file as it is now"
+        )
+    return dataclasses.replace(config, dataset_args={**config.dataset_args, "sha256": sha})
+
+
 def prepare_data(config: TrainConfig) -> Splits:
     """Load the data set, hold out a validation split, standardize on the training split.
 

@@ -33,6 +33,7 @@ from ravine.train import budget, outputs
 from ravine.train.build import (
     ensemble_metrics,
     loss_function,
+    pin_data_file,
     prepare_data,
     seeds,
     split_dataset,
@@ -146,6 +147,7 @@ def train(
         raise ConfigError(f"progress_every must be an integer >= 1, got {progress_every!r}")
     every = progress_every or (1 if device.type == "cpu" else 25)
 
+    config = pin_data_file(config)  # from Python too, as the CLI records it
     config, splits, network = with_user_parts(config, model, data)
     config_text = dump_toml(config.to_toml_tables())
     # the update count and memory, before any work
