@@ -159,6 +159,8 @@ def run_instruments(
         report["seconds"][name] = time.perf_counter() - start
         if progress is not None:
             hvps = op.num_hvps if op is not None else 0
+            # (the blocks' products run on their own block operators, counted there)
+            hvps += sum(b["hvps"] for b in report.get("blocks", {}).values())
             progress(name, "end", time.perf_counter() - began, hvps)
     report["hvps"] = op.num_hvps if op is not None else 0
     if "blocks" in report:

@@ -119,7 +119,8 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
             f"{f['kind']} at {f['layer']}: {f['message']}. {f['advice']}"
             for f in report["findings"]
         ] or ["gradients: no vanishing or exploding gradients, dead ReLUs or saturation flagged"]
-    lines.append(f"{report['hvps']} Hessian-vector products")
+    if report["hvps"]:
+        lines.append(f"{report['hvps']} Hessian-vector products")
     return lines
 
 
