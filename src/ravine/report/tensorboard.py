@@ -60,6 +60,7 @@ class TensorBoardLogger:
         self.model = None
         self._writer = None
         self._members: dict[int, Any] = {}
+        self._pending: list[tuple[int, Any]] = []  # (step, gradient norm on the device)
 
     @property
     def writer(self):
@@ -73,14 +74,27 @@ class TensorBoardLogger:
         self.model = model
 
     def __call__(self, model, step: int) -> None:
-        norms = [p.grad.detach().double().norm() for p in model.parameters() if p.grad is not None]
-        if norms:
+        grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
+        if grads:
             import torch
 
-            self.writer.add_scalar("step/grad_norm", float(torch.stack(norms).norm()), step)
+            # Kept on the device and written at the epoch's end: reading it now would stall an
+            # accelerator's pipeline on every update (as the trainer itself never does).
+            norms = torch._foreach_norm(grads)
+            self._pending.append((step, torch.linalg.vector_norm(torch.stack(norms))))
+
+    def _flush(self) -> None:
+        if self._pending:
+            import torch
+
+            values = torch.stack([norm for _, norm in self._pending]).tolist()  # one read
+            for (step, _), value in zip(self._pending, values, strict=True):
+                self.writer.add_scalar("step/grad_norm", value, step)
+            self._pending.clear()
 
     def on_epoch(self, epoch: int, metrics: Mapping[int, Mapping[str, float]]) -> list[int]:
         """``train(..., on_epoch=...)``: this epoch's metrics, per member; prunes nobody."""
+        self._flush()
         if self.model is not None:  # one network: its metrics, weights and last gradients
             for key, value in metrics.get(0, {}).items():
                 if _finite(value):
@@ -115,6 +129,7 @@ class TensorBoardLogger:
         instruments' records, the hparams with the final metrics; then close and record the
         files. ``curvature``: a ``CurvatureTracker``; ``gradient_health``: a
         ``GradientHealthCallback``."""
+        self._flush()
         writer = self.writer
         members = hasattr(result, "members")
         if members:  # medians over the members, as metrics.jsonl's own keys hold them
