@@ -411,19 +411,23 @@ def test_resume_ends_with_the_same_parameters(tmp_path):
         train(dataclasses.replace(config, seed=9), tmp_path / "killed")
 
 
+# Two restarts that stop early at different epochs (after epochs 4 and 3).
+STOPPING_PAIR = TrainConfig(
+    epochs=6,
+    batch_size=128,
+    restarts=2,
+    early_stopping=1,
+    optimizer="momentum",
+    optimizer_args={"lr": 0.3},
+)
+
+
 def test_early_stopping_per_restart_matches_sequential(tmp_path):
     # Each restart keeps its own best epoch and stops on its own (here after epochs 4 and 3);
     # the batched run goes on while any restart does. (val_fraction stays 0: the validation
     # split is drawn from config.seed, so a sequential run with seed + k would hold out other
     # examples, while the restarts of one run must share theirs.)
-    config = TrainConfig(
-        epochs=6,
-        batch_size=128,
-        restarts=2,
-        early_stopping=1,
-        optimizer="momentum",
-        optimizer_args={"lr": 0.3},
-    )
+    config = STOPPING_PAIR
     result = train(config, tmp_path / "batched")
     report = json.loads((tmp_path / "batched" / "restarts.json").read_text())
     assert [row["best_epoch"] for row in report["per_member"]] == [3, 2]
@@ -529,14 +533,7 @@ def test_pruned_members_leave_and_the_others_do_not_change(tmp_path):
 
 
 def test_a_run_resumes_after_members_have_left(tmp_path):
-    config = TrainConfig(
-        epochs=6,
-        batch_size=128,
-        restarts=2,
-        early_stopping=1,
-        optimizer="momentum",
-        optimizer_args={"lr": 0.3},
-    )
+    config = STOPPING_PAIR
     whole = train(config, tmp_path / "whole")
     assert whole.retired[1]["reason"] == "stopped"  # restart 1 stops after epoch 3
     train(config, tmp_path / "part", stop_after_epoch=3)

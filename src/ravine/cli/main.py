@@ -115,6 +115,11 @@ def _check_output(out: Path, option: str = "--out") -> None:
 
 
 _DEVICE_HELP = "cpu, cuda, cuda:N, mps or auto (the best available)."
+# --report, on every command that writes a folder (`ravine report FOLDER` makes the same page).
+ReportFlag = Annotated[
+    bool,
+    typer.Option("--report", help="Also write report.html into the folder (see ravine report)."),
+]
 _COMMAND_LINE: list[str] = []  # what main() was called with: the resume command repeats it
 
 
@@ -177,12 +182,7 @@ def compare(
         bool,
         typer.Option(help="Replace what the output folder holds (another comparison or run)."),
     ] = False,
-    write_report: Annotated[
-        bool,
-        typer.Option(
-            "--report", help="Also write report.html into the folder (see ravine report)."
-        ),
-    ] = False,
+    write_report: ReportFlag = False,
 ) -> None:
     """Race optimizers on analytic problems from shared random starts; rank them.
 
@@ -385,12 +385,7 @@ def train(
     compile_model: Annotated[
         bool, typer.Option("--compile", help="torch.compile the model (slower first updates).")
     ] = False,
-    write_report: Annotated[
-        bool,
-        typer.Option(
-            "--report", help="Also write report.html into the folder (see ravine report)."
-        ),
-    ] = False,
+    write_report: ReportFlag = False,
 ) -> None:
     """Train a network; resume automatically from the output folder's checkpoint.
 
@@ -812,12 +807,7 @@ def probe(
         int, typer.Option(help="Top and bottom Hessian eigenvalues to find (at most 1,000).")
     ] = 5,
     device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
-    write_report: Annotated[
-        bool,
-        typer.Option(
-            "--report", help="Also write report.html into the folder (see ravine report)."
-        ),
-    ] = False,
+    write_report: ReportFlag = False,
     instruments: Annotated[
         str,
         typer.Option(
@@ -875,12 +865,7 @@ def landscape(
     resolution: Annotated[int, typer.Option(help="Grid points per axis (2 to 1,000).")] = 25,
     examples: Annotated[int, typer.Option(help="Examples per split evaluated.")] = 1000,
     device: Annotated[str, typer.Option(help=_DEVICE_HELP)] = "auto",
-    write_report: Annotated[
-        bool,
-        typer.Option(
-            "--report", help="Also write report.html into the folder (see ravine report)."
-        ),
-    ] = False,
+    write_report: ReportFlag = False,
 ) -> None:
     """Loss landscape of a trained run: interpolation, surface, or trajectory.
 

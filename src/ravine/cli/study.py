@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ravine.cli.main import UsageFailure, command
+from ravine.cli.main import ReportFlag, UsageFailure, command
 
 
 @command
@@ -66,12 +66,7 @@ def study(
         typer.Option(help="Intra-op threads. Default: 1 for small networks, else torch's."),
     ] = None,
     replace: Annotated[bool, typer.Option(help="Replace what the output folder holds.")] = False,
-    write_report: Annotated[
-        bool,
-        typer.Option(
-            "--report", help="Also write report.html into the folder (see ravine report)."
-        ),
-    ] = False,
+    write_report: ReportFlag = False,
 ) -> None:
     """Which optimizer trains each network best, and how sure are we?
 

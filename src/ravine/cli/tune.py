@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ravine.cli.main import UsageFailure, command
+from ravine.cli.main import ReportFlag, UsageFailure, command
 
 
 @command
@@ -93,12 +93,7 @@ def tune(
             "(tensorboard/trial-N/).",
         ),
     ] = False,
-    write_report: Annotated[
-        bool,
-        typer.Option(
-            "--report", help="Also write report.html into the folder (see ravine report)."
-        ),
-    ] = False,
+    write_report: ReportFlag = False,
 ) -> None:
     """Tune an optimizer's hyperparameters on a network: Optuna trials, N at a time.
 
