@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ravine.folders import atomic_write
+from ravine.report.axes import key_beside
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -267,23 +268,17 @@ def _trajectories_figure(
     ax.set_title(
         textwrap.fill(title if title is not None else problem.description, 60), fontsize=11
     )
-    if handles:
-        ax.legend(
-            handles=handles,
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            borderaxespad=0.0,
-            fontsize=9,
-            frameon=False,
-            title="marker: where each path ends"
-            + (
-                "\nnumber: its distance to the minimum"
-                if n_starts == 1 and len(problem.minima)
-                else ""
-            ),
-            title_fontsize=8,
-            alignment="left",
-        )
+    key_beside(
+        ax,
+        handles,
+        bbox_to_anchor=(1.02, 1.0),
+        fontsize=9,
+        title="marker: where each path ends"
+        + (
+            "\nnumber: its distance to the minimum" if n_starts == 1 and len(problem.minima) else ""
+        ),
+        title_fontsize=8,
+    )
     return fig
 
 
@@ -944,18 +939,7 @@ def plot_loss_curves(
             fontsize=9,
             color="0.25",
         )
-    if handles:
-        ax.legend(
-            handles=handles,
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            borderaxespad=0.0,
-            fontsize=9,
-            frameon=False,
-            title="median over starts",
-            title_fontsize=8,
-            alignment="left",
-        )
+    key_beside(ax, handles, fontsize=9, title="median over starts", title_fontsize=8)
     return save_figure(fig, path)
 
 
