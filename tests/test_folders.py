@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import signal
@@ -386,6 +387,42 @@ def test_ctrl_c_says_where_the_checkpoint_is_and_how_to_resume(tmp_path):
     assert command.startswith("ravine train ") and "--epochs 200" in command
     state = load_checkpoint(out / "checkpoint.pt")
     assert 1 <= state["epoch"] < 200
+
+
+class _PressesCtrlC:
+    """Pickled inside torch.save: sends this process SIGINT ``times`` times mid-write."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+
+    def __reduce__(self):
+        for _ in range(self.times):
+            os.kill(os.getpid(), signal.SIGINT)
+        return (int, (self.times,))
+
+
+def test_a_ctrl_c_during_a_checkpoint_write_waits_for_the_commit(tmp_path):
+    # The CI failure this guards against: the interrupt landed inside torch.save's zip
+    # writer, which then raised "unexpected pos" instead of the interrupt.
+    save_checkpoint({"value": 0}, tmp_path / "c.pt", keep_previous=True)
+    payload = {"value": 1, "pad": torch.arange(20000), "press": _PressesCtrlC(1)}
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(payload, tmp_path / "c.pt", keep_previous=True)
+    # committed whole, checksum and all, then raised (the payload needs full unpickling)
+    written = torch.load(io.BytesIO(read_verified(tmp_path / "c.pt")), weights_only=False)
+    assert written["value"] == 1 and torch.equal(written["pad"], torch.arange(20000))
+    assert load_checkpoint(tmp_path / "c.prev.pt")["value"] == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_during_a_checkpoint_write_stops_it_and_keeps_the_old_one(tmp_path):
+    save_checkpoint({"value": 0}, tmp_path / "c.pt")
+    payload = {"value": 1, "pad": torch.arange(20000), "press": _PressesCtrlC(2)}
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(payload, tmp_path / "c.pt")
+    assert load_checkpoint(tmp_path / "c.pt")["value"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ravine", "c.pt"]  # no temporaries
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_checkpoint_helpers_keep_the_previous_version(tmp_path):

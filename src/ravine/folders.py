@@ -36,7 +36,9 @@ import io
 import json
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -117,7 +119,13 @@ def write_files(
     (a hard link, so it costs no copy) before the new one replaces it: the fallback a resume
     uses when the newest checkpoint turns out damaged.
     """
-    directory = Path(directory)
+    with _interrupts_deferred():
+        _write_files(Path(directory), files, keep_previous)
+
+
+def _write_files(
+    directory: Path, files: Mapping[str, Callable[[BinaryIO], None]], keep_previous: tuple[str, ...]
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     staged: list[tuple[Path, str, str]] = []  # (temporary, name, digest)
     carried: list[tuple[Path, str, list[str] | None]] = []  # (temporary, name, digests)
@@ -129,8 +137,12 @@ def write_files(
                     write(handle)
                     handle.flush()
                     os.fsync(handle.fileno())
-            except BaseException:
+            except BaseException as error:
                 tmp.unlink(missing_ok=True)
+                # A second Ctrl-C inside torch.save's zip writer surfaces as the writer's
+                # RuntimeError about its position; the user pressed Ctrl-C, so say that.
+                if isinstance(error.__context__, KeyboardInterrupt):
+                    raise KeyboardInterrupt from error
                 raise
             staged.append((tmp, name, _sha256(tmp)))
         manifest = _read_manifest(directory)
@@ -170,6 +182,40 @@ def write_files(
             tmp.unlink(missing_ok=True)
         for tmp, *_ in carried:
             tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives while files are committed until the commit is done.
+
+    A KeyboardInterrupt raised inside ``torch.save`` leaves its zip writer half-closed, and
+    the writer then fails with an internal error instead of the interrupt; one between the
+    renames leaves a commit half-made. The first Ctrl-C is therefore remembered and raised
+    (through the handler that was installed) once the commit is complete; a second one, from
+    a user who insists, interrupts at once, and the temporaries are removed as usual. Signal
+    handlers belong to the main thread, so other threads commit without this.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # SIG_IGN or SIG_DFL set by the embedding program: leave them
+        yield
+        return
+    held: list[tuple[int, Any]] = []
+
+    def hold(number: int, frame: Any) -> None:
+        if held:
+            previous(number, frame)
+        held.append((number, frame))
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        previous(*held[0])
 
 
 def write_standalone(path: str | os.PathLike[str], data: bytes, *, replace: bool = False) -> Path:
