@@ -262,21 +262,21 @@ def _noise_from_sums(
     n: int,
     b: int,
     g2: float,
-    s2: float,
-    p2: float,
+    spread: float,
+    along: float,
     loss: float,
     loss_std: float,
     gsnr: float | None,
 ) -> GradientNoise:
-    """The statistics from ``g2 = ||gbar||^2``, ``s2 = sum_i ||g_i||^2`` and
-    ``p2 = sum_i (g_i . gbar)^2`` (float64 sums over the probe batch)."""
-    trace = max(s2 - n * g2, 0.0) / (n - 1)
+    """The statistics from ``g2 = ||gbar||^2`` and the centred sums ``spread = sum_i ||g_i -
+    gbar||^2`` and ``along = sum_i ((g_i - gbar) . gbar)^2`` over the probe batch."""
+    trace = spread / (n - 1)
     signal = g2 - trace / n
     noise_scale = trace / signal if signal > 0 else None
     snr = None if trace == 0 else max(b * signal / trace, 0.0)
     if g2 > 0:
-        inner_var = max(p2 - n * g2 * g2, 0.0) / (n - 1)  # the mean of g_i . gbar is ||gbar||^2
-        orth = max(s2 - p2 / g2, 0.0) / (n - 1)  # g_i^perp has mean 0: no centering needed
+        inner_var = along / (n - 1)  # g_i . gbar - ||gbar||^2 = (g_i - gbar) . gbar
+        orth = max(spread - along / g2, 0.0) / (n - 1)  # g_i^perp = (g_i - gbar)^perp
         tests = (
             math.sqrt(trace / (b * g2)),
             math.sqrt(inner_var / (b * g2 * g2)),
@@ -320,46 +320,43 @@ def _noise_and_mean(
     """:class:`GradientNoise` at ``params``, and the mean gradient ``gbar``.
 
     ``gbar`` comes first, from one ordinary backward pass, so that the per-sample pass can
-    stream: each chunk adds to ``sum ||g_i||^2``, ``sum (g_i . gbar)^2`` and the per-parameter
-    second moments, and no more than a chunk of per-sample gradients is ever held.
+    stream: each chunk's gradients are centred on ``gbar`` and add to ``sum ||g_i - gbar||^2``,
+    ``sum ((g_i - gbar) . gbar)^2`` and the per-parameter variances, and no more than a chunk
+    of per-sample gradients is ever held. Centred sums lose nothing to cancellation when the
+    noise is small against the signal, so they stay in the model's precision (float32).
     """
     n = len(x)
     leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
     out = functional_call(model, {**leaves, **_constants(model)}, (x,))
-    mean = dict(
-        zip(leaves, torch.autograd.grad(loss_fn(out, y), list(leaves.values())), strict=True)
-    )
-    mean = {k: v.detach() for k, v in mean.items()}
-    wide = torch.float64
-    g2 = sum(float(v.to(wide).square().sum()) for v in mean.values())
-    s2 = p2 = 0.0
-    second = {k: torch.zeros_like(v, dtype=wide) for k, v in mean.items()}  # sum_i g_ij^2
+    grads = torch.autograd.grad(loss_fn(out, y), list(leaves.values()))
+    mean = {k: g.detach() for k, g in zip(leaves, grads, strict=True)}
+    flat_mean = {k: m.reshape(-1) for k, m in mean.items()}
+    g2 = sum(float(m.double().square().sum()) for m in flat_mean.values())
+    spread = along = 0.0
+    squares = {k: torch.zeros_like(m) for k, m in flat_mean.items()}  # sum_i (g_ij - gbar_j)^2
     losses = []
-    for grads, loss in _chunks(model, loss_fn, params, x, y, chunk_size):
-        dots = torch.zeros(len(loss), dtype=wide, device=loss.device)  # g_i . gbar
-        norms = torch.zeros_like(dots)  # ||g_i||^2
-        for k, g in grads.items():
-            g = g.to(wide).flatten(1)
-            dots += g @ mean[k].to(wide).reshape(-1)
-            norms += g.square().sum(1)
-            second[k] += g.square().sum(0).view_as(second[k])
-        s2 += float(norms.sum())
-        p2 += float(dots.square().sum())
-        losses.append(loss.detach().to(wide))
+    for chunk, loss in _chunks(model, loss_fn, params, x, y, chunk_size):
+        dots = torch.zeros(len(loss), dtype=loss.dtype, device=loss.device)  # (g_i - gbar).gbar
+        for k, g in chunk.items():
+            centred = g.flatten(1) - flat_mean[k]  # (chunk, numel)
+            dots += centred @ flat_mean[k]
+            spread += float(torch.linalg.vector_norm(centred).double() ** 2)
+            squares[k] += centred.square().sum(0)
+        along += float(dots.double().square().sum())
+        losses.append(loss.detach().double())
     per_example = torch.cat(losses)
     gsnr_values = []
-    for k, m in mean.items():
-        m = m.to(wide)
-        var = (second[k] - n * m.square()) / (n - 1)
+    for k, m in flat_mean.items():
+        var = squares[k] / (n - 1)
         ok = var > 0
-        gsnr_values.append((m.square()[ok] / var[ok]).reshape(-1))
-    gsnr_all = torch.cat(gsnr_values)
+        gsnr_values.append(m[ok].square() / var[ok])
+    gsnr_all = torch.cat(gsnr_values).double()
     noise = _noise_from_sums(
         n=n,
         b=batch_size,
         g2=g2,
-        s2=s2,
-        p2=p2,
+        spread=spread,
+        along=along,
         loss=float(per_example.mean()),
         loss_std=float(per_example.std()),
         gsnr=float(gsnr_all.mean()) if gsnr_all.numel() else None,
