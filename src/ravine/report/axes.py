@@ -16,14 +16,15 @@ if TYPE_CHECKING:
     from matplotlib.axis import Axis
     from matplotlib.legend import Legend
 
-__all__ = ["integer_ticks", "key_beside", "log_labels", "symlog_for"]
+__all__ = ["integer_ticks", "key_above", "key_beside", "log_labels", "symlog_for"]
 
 
-def integer_ticks(axis: Axis) -> None:
-    """Ticks at whole numbers only (epoch 1, 2, 3; never 1.25)."""
+def integer_ticks(axis: Axis, most: int = 10) -> None:
+    """Ticks at whole numbers only (epoch 1, 2, 3; never 1.25); at most ``most`` + 1 of them
+    on a narrow panel."""
     from matplotlib.ticker import MaxNLocator
 
-    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=2))
+    axis.set_major_locator(MaxNLocator(most, integer=True, min_n_ticks=2))
 
 
 def log_labels(axis: Axis, low: float, high: float) -> None:
@@ -70,6 +71,30 @@ def key_beside(ax: Axes, handles: Sequence[Any] | None = None, **kwargs: Any) ->
         "fontsize": 8,
         "frameon": False,
         "alignment": "left",
+        **kwargs,
+    }
+    return ax.legend(handles=list(handles), **options)
+
+
+def key_above(ax: Axes, heading: str, ncol: int = 2, **kwargs: Any) -> Legend | None:
+    """The key of ``ax`` over it, under ``heading`` (the panel's title, left-aligned): for a
+    grid of panels, where a key beside each would take the width the data needs. Without
+    entries, ``heading`` becomes the axes' title; returns None then."""
+    handles = ax.get_legend_handles_labels()[0]
+    if not handles:
+        ax.set_title(heading, fontsize=10, loc="left")
+        return None
+    options = {
+        "loc": "lower left",
+        "bbox_to_anchor": (0.0, 1.0),
+        "borderaxespad": 0.3,
+        "fontsize": 8,
+        "frameon": False,
+        "alignment": "left",
+        "ncol": min(ncol, len(handles)),
+        "columnspacing": 1.2,
+        "title": heading,
+        "title_fontsize": 10,
         **kwargs,
     }
     return ax.legend(handles=list(handles), **options)
