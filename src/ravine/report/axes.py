@@ -19,12 +19,11 @@ if TYPE_CHECKING:
 __all__ = ["integer_ticks", "key_above", "key_beside", "log_labels", "symlog_for"]
 
 
-def integer_ticks(axis: Axis, most: int = 10) -> None:
-    """Ticks at whole numbers only (epoch 1, 2, 3; never 1.25); at most ``most`` + 1 of them
-    on a narrow panel."""
+def integer_ticks(axis: Axis) -> None:
+    """Ticks at whole numbers only (epoch 1, 2, 3; never 1.25)."""
     from matplotlib.ticker import MaxNLocator
 
-    axis.set_major_locator(MaxNLocator(most, integer=True, min_n_ticks=2))
+    axis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=2))
 
 
 def log_labels(axis: Axis, low: float, high: float) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ravine.report.axes import integer_ticks, key_above, log_labels
+from ravine.report.axes import key_above, log_labels
 from ravine.report.plots import save_figure
 
 if TYPE_CHECKING:
@@ -74,6 +74,7 @@ def plot_signals(
     Returns the path written. Raises ``ValueError`` for no records.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     records = list(records)
     if not records:
@@ -95,7 +96,8 @@ def plot_signals(
     pad = max(1.0, 0.03 * (high - low))  # a single record still spans two whole numbers
     for ax in axes.flat:
         ax.set_xlim(low - pad, high + pad)
-        integer_ticks(ax.xaxis, most=6)
+        # Whole updates, few enough for a narrow panel, at round numbers (5, 10, 15).
+        ax.xaxis.set_major_locator(MaxNLocator(6, integer=True, steps=[1, 2, 5, 10]))
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("update")
