@@ -11,6 +11,9 @@ Usable on any ``torch.nn.Module`` + loss + data:
   optimizer trajectories, evaluated batched.
 * :mod:`ravine.probe.tracking`: curvature every k updates during training, with saddle and
   flat-region episodes.
+* :mod:`ravine.probe.signals`: gradient noise (SNR, noise scale, batch-size tests), the step's
+  alpha, the Hessian trace and the distance travelled, every k updates, from per-sample
+  gradients (``torch.func``); findings with advice.
 """
 
 from ravine.probe.curvature import (
@@ -37,19 +40,30 @@ from ravine.probe.landscape import (
     surface,
     trajectory,
 )
+from ravine.probe.signals import (
+    GradientNoise,
+    TrainingSignals,
+    diagnose_signals,
+    gradient_noise,
+    per_sample_gradients,
+)
 from ravine.probe.tracking import CurvatureRecord, CurvatureTracker
 
 __all__ = [
     "CurvatureRecord",
     "CurvatureTracker",
     "GradientMonitor",
+    "GradientNoise",
     "HessianOperator",
+    "TrainingSignals",
     "block_curvature",
     "block_operator",
     "bottom_eigenvalues",
     "condition_number",
     "diagnose",
+    "diagnose_signals",
     "filter_normalize",
+    "gradient_noise",
     "hessian_diagonal",
     "hessian_operator",
     "hessian_trace",
@@ -57,6 +71,7 @@ __all__ = [
     "interpolate",
     "lanczos",
     "pca_directions",
+    "per_sample_gradients",
     "random_directions",
     "saddle_report",
     "spectral_density",
