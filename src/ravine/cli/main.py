@@ -971,7 +971,7 @@ def _write_signals(signals, probe_size: int, out: Path, console) -> None:
 
     from ravine.folders import atomic_write_text
     from ravine.report.folder import finding_line
-    from ravine.report.signals import plot_signals
+    from ravine.report.signals import plot_signals, test_thresholds
 
     records = signals.to_records()
     findings = [
@@ -990,6 +990,7 @@ def _write_signals(signals, probe_size: int, out: Path, console) -> None:
         "every": signals.every,
         "batch_size": signals.batch_size,
         "probe_size": probe_size,
+        "thresholds": test_thresholds(),  # what the tests' radii were judged against
         "findings": findings,
     }
     atomic_write_text(out / "signals.jsonl", "".join(json.dumps(r) + "\n" for r in records))

@@ -481,6 +481,13 @@ def finding_line(finding: dict[str, Any]) -> str:
     )
 
 
+_SIGNAL_TESTS = {  # record key: (name, the key of the batch it suggests)
+    "norm_test": ("norm", "suggested_batch_norm"),
+    "inner_product_test": ("inner product", "suggested_batch_inner_product"),
+    "orthogonality_test": ("orthogonality", "suggested_batch_orthogonality"),
+}
+
+
 def _signals_lines(path: Path) -> list[str]:
     """signals.json's findings in words, then what signals.jsonl measured, at its last record."""
     from ravine.report.signals import test_thresholds
@@ -513,13 +520,13 @@ def _signals_lines(path: Path) -> list[str]:
         )
     elif last.get("snr") is not None:
         lines.append(f"{at}: the gradient noise swamps the mean gradient (noise scale unbounded)")
-    thresholds = test_thresholds()
-    tests = []
-    for key, name, suggested in (
-        ("norm_test", "norm", "suggested_batch_norm"),
-        ("inner_product_test", "inner product", "suggested_batch_inner_product"),
-        ("orthogonality_test", "orthogonality", "suggested_batch_orthogonality"),
+    thresholds = document.get("thresholds")
+    if not isinstance(thresholds, dict) or not all(
+        isinstance(thresholds.get(k), int | float) for k in _SIGNAL_TESTS
     ):
+        thresholds = test_thresholds()  # (a signals.json from before they were written)
+    tests = []
+    for key, (name, suggested) in _SIGNAL_TESTS.items():
         radius = num(last.get(key))
         if radius is None:
             continue

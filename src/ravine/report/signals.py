@@ -37,15 +37,10 @@ _TESTS = (
 
 
 def test_thresholds() -> dict[str, float]:
-    """The radius each test must not exceed to pass (record key -> threshold)."""
-    try:
-        from ravine.probe.signals import (
-            INNER_PRODUCT_THETA,
-            NORM_TEST_THETA,
-            ORTHOGONALITY_NU,
-        )
-    except ImportError:  # until ravine.probe.signals lands: its published constants
-        NORM_TEST_THETA, INNER_PRODUCT_THETA, ORTHOGONALITY_NU = 0.9, 0.9, 5.84
+    """The radius each test must not exceed to pass (record key -> threshold), from
+    :mod:`ravine.probe.signals` (imported here: it imports torch)."""
+    from ravine.probe.signals import INNER_PRODUCT_THETA, NORM_TEST_THETA, ORTHOGONALITY_NU
+
     return {
         "norm_test": float(NORM_TEST_THETA),
         "inner_product_test": float(INNER_PRODUCT_THETA),
@@ -97,7 +92,7 @@ def plot_signals(
     for ax in axes.flat:
         ax.set_xlim(low - pad, high + pad)
         # Whole updates, few enough for a narrow panel, at round numbers (5, 10, 15).
-        ax.xaxis.set_major_locator(MaxNLocator(6, integer=True, steps=[1, 2, 5, 10]))
+        ax.xaxis.set_major_locator(MaxNLocator(7, integer=True, steps=[1, 2, 5, 10]))
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("update")
