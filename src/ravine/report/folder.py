@@ -498,9 +498,8 @@ def _signals_lines(path: Path) -> list[str]:
     records = _read_jsonl(path / "signals.jsonl") if (path / "signals.jsonl").is_file() else []
     every, batch = document.get("every"), document.get("batch_size")
     setting = (
-        f"every {every} updates on a fixed probe batch of {document.get('probe_size')} "
-        f"examples (training batch {batch})"
-    )
+        "every update" if every == 1 else f"every {every} updates"
+    ) + f" on a fixed probe batch of {document.get('probe_size')} examples (training batch {batch})"
     if not records:
         return [*lines, f"no record was taken ({setting}: the run was shorter)"]
     last = records[-1]

@@ -104,7 +104,7 @@ def _default_title(records: Sequence[dict[str, Any]], steps: np.ndarray) -> str:
     every = int(np.min(np.diff(steps))) if len(steps) > 1 else int(steps[0])
     probe = _first(records, "probe_size")
     batch = _first(records, "batch_size")
-    text = f"Training signals, every {every} updates"
+    text = "Training signals, " + ("every update" if every == 1 else f"every {every} updates")
     if probe is not None:
         text += f", on a fixed probe batch of {int(probe)} examples"
     if batch is not None:
