@@ -49,6 +49,33 @@ def test_chosen_instruments_only(run, capsys):
     assert abs(total - report["trace"]) < 5 * errors + 1e-6
 
 
+def test_the_noise_instrument_reads_the_noise_at_the_runs_batch(run, capsys):
+    import torch
+
+    from ravine.probe.signals import gradient_noise
+    from ravine.train.build import loss_function
+    from ravine.train.run import load_run
+
+    assert main(["probe", str(run), "--instruments", "noise", "--examples", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "noise:" in out and "gradient noise" in out
+    report = json.loads((run / "probe.json").read_text())
+    assert report["instruments"] == ["noise"]
+    # the same numbers as the library's, on the same examples, at the run's batch size
+    loaded = load_run(run)
+    loaded.model.eval()
+    splits = loaded.splits
+    x, y = loaded.inputs(splits.x_train[:120]), splits.y_train[:120]
+    direct = gradient_noise(
+        loaded.model, loss_function(splits.dataset), (x, y), batch_size=loaded.config.batch_size
+    )
+    noise = report["noise"]
+    assert noise["batch_size"] == loaded.config.batch_size and noise["probe_size"] == 120
+    for key in ("noise_trace", "grad_norm", "norm_test", "loss"):
+        assert noise[key] == pytest.approx(getattr(direct, key), rel=1e-5), key
+    assert torch.is_grad_enabled()
+
+
 def test_bad_instruments_exit_2_in_one_line_before_torch():
     code = (
         "import sys\nfrom ravine.cli.main import main\n"

@@ -829,8 +829,8 @@ def probe(
     instruments: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: gradients, spectrum, trace, density, condition, blocks "
-            "(per-layer curvature); or all."
+            help="Comma-separated: gradients, noise (gradient noise scale, batch-size tests), "
+            "spectrum, trace, density, condition, blocks (per-layer curvature); or all."
         ),
     ] = "all",
 ) -> None:

@@ -10,7 +10,7 @@ from ravine.cli.errors import UsageFailure
 
 # The names of ravine.probe.instruments.INSTRUMENTS (a test keeps the two equal): repeated
 # here so that --instruments is checked before torch is imported.
-INSTRUMENTS = ("gradients", "spectrum", "trace", "density", "condition", "blocks")
+INSTRUMENTS = ("gradients", "noise", "spectrum", "trace", "density", "condition", "blocks")
 
 
 def parse_instruments(text: str) -> tuple[str, ...]:

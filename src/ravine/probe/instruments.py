@@ -8,6 +8,7 @@ each reporting when it starts and ends (for a progress display), results as one 
 name           what                                                             cost
 =============  ===============================================================  ==============
 gradients      gradient health over up to 10 mini-batches (:mod:`.gradients`)   10 backward
+noise          gradient noise scale, SNR and batch-size tests (:mod:`.signals`)  per-example
 spectrum       top-k and bottom-k eigenvalues and the saddle classification     Lanczos
 trace          Hutchinson trace, 50 Rademacher probes in blocks                 50 HVPs
 density        SLQ eigenvalue density, 5 probes x 60 steps in lockstep          300 HVPs
@@ -37,10 +38,11 @@ from ravine.probe.curvature import (
     spectral_density,
 )
 from ravine.probe.gradients import GradientMonitor, diagnose
+from ravine.probe.signals import gradient_noise
 
 __all__ = ["INSTRUMENTS", "run_instruments"]
 
-INSTRUMENTS = ("gradients", "spectrum", "trace", "density", "condition", "blocks")
+INSTRUMENTS = ("gradients", "noise", "spectrum", "trace", "density", "condition", "blocks")
 
 # (instrument name, "start" | "end", seconds so far, HVPs so far)
 Progress = Callable[[str, str, float, int], None]
@@ -59,6 +61,8 @@ def run_instruments(
 ) -> dict[str, Any]:
     """Run the named instruments on ``model`` at its current weights, in :data:`INSTRUMENTS`
     order; ``progress(name, "start" | "end", seconds, hvps)`` is called around each.
+    ``batch_size`` is the training batch: the gradient-health mini-batches, and the batch the
+    noise instrument reads its signal-to-noise ratio and tests at.
 
     Returns ``{"report": JSON-ready dict, "monitor": GradientMonitor | None, "density":
     SpectralDensity | None, "top": EigenResult | None, "bottom": EigenResult | None}``; the
@@ -124,6 +128,12 @@ def run_instruments(
                 }
                 for f in findings
             ]
+        elif name == "noise":
+            # Eval mode, as the curvature instruments: a one-example batch has no batch
+            # statistics, and dropout would add noise that is not the data's.
+            model.eval()
+            noise = gradient_noise(model, loss_fn, (x, y), batch_size=batch_size)
+            report["noise"] = dict(vars(noise))
         elif name == "spectrum":
             saddle = saddle_report(curvature(), k=min(k, curvature().dim))
             out["top"], out["bottom"] = _Eigen(saddle.top), _Eigen(saddle.bottom)

@@ -95,6 +95,8 @@ def _probe_run(run_dir: Path, examples, k, instruments, progress) -> dict[str, A
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
     """What ``ravine probe`` prints: a line per instrument that ran."""
     lines = []
+    if "noise" in report:
+        lines.append(noise_line(report["noise"]))
     if "kind" in report:
         lines += [
             f"point: {report['kind']} (loss {report['loss']:.4g}, gradient norm "
@@ -122,6 +124,25 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     if report["hvps"]:
         lines.append(f"{report['hvps']} Hessian-vector products")
     return lines
+
+
+def noise_line(noise: Mapping[str, Any]) -> str:
+    """One line on the gradient noise at the trained weights (see
+    :class:`ravine.probe.signals.GradientNoise`): the noise scale against the training batch."""
+    b, scale = noise["batch_size"], noise.get("noise_scale")
+    if scale is None:
+        return (
+            f"gradient noise: no signal above the noise in {noise['probe_size']} examples (the "
+            f"gradient is mostly noise at batch {b}: a minimum, or too few examples to see it)"
+        )
+    if noise.get("snr") is None:  # every example's gradient the same: no noise at all
+        return f"gradient noise: none (every example's gradient is the same), batch {b}"
+    reading = "mostly noise" if noise["snr"] < 1 else "mostly signal"
+    return (
+        f"gradient noise scale {scale:.3g} examples vs batch {b}: signal-to-noise "
+        f"{noise['snr']:.2g} (the batch gradient is {reading}); the norm test asks for batch "
+        f"{noise['suggested_batch_norm']:.3g}"
+    )
 
 
 def landscape_run(
