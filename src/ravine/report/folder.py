@@ -513,7 +513,7 @@ def _signals_lines(path: Path) -> list[str]:
     at = f"at step {last.get('step')}"
     if num(last.get("noise_scale")) is not None:
         lines.append(
-            f"{at}: gradient noise scale {num(last['noise_scale'])} examples against the "
+            f"{at}: gradient noise scale {_examples(last['noise_scale'])} examples against the "
             f"training batch of {batch} (SNR {num(last.get('snr'))}; below 1, noise dominates "
             "each step)"
         )
@@ -532,7 +532,7 @@ def _signals_lines(path: Path) -> list[str]:
         if last[key] <= thresholds[key]:
             tests.append(f"{name} {radius} <= {thresholds[key]:g}: passes")
             continue
-        needed = num(last.get(suggested), ".0f")
+        needed = _examples(last[suggested]) if num(last.get(suggested)) else None
         tests.append(
             f"{name} {radius} > {thresholds[key]:g}: fails"
             + (f", passes at a batch of {needed}" if needed else ", at any batch")
@@ -560,6 +560,12 @@ def _signals_lines(path: Path) -> list[str]:
             f"(step {traces[-1][0]}), {len(traces)} records"
         )
     return lines
+
+
+def _examples(count: float) -> str:
+    """A number of examples: whole and with thousands separated (7,810), three digits below
+    100 (43.6)."""
+    return f"{count:,.0f}" if abs(count) >= 100 else f"{count:.3g}"
 
 
 def _probe_lines(path: Path) -> list[str]:
