@@ -356,6 +356,14 @@ def train(
             "--gradient-health", help="Watch per-layer gradients over the run; flag problems."
         ),
     ] = False,
+    signals_every: Annotated[
+        int,
+        typer.Option(
+            help="Every K updates, measure training signals on a fixed probe batch: gradient "
+            "noise scale and SNR, batch-size tests, step size alpha, distance, Hessian trace; "
+            "write signals.jsonl, signals.json and the signals.png dashboard (0: off)."
+        ),
+    ] = 0,
     threads: Annotated[
         int | None,
         typer.Option(help="Intra-op threads. Default: 1 for small networks, else torch's."),
@@ -407,6 +415,7 @@ def train(
     _check_count("--depth", depth, 0, limits.MAX_DEPTH, "")
     _check_count("--width", width, 1, limits.MAX_WIDTH, "")
     _check_count("--curvature-every", curvature_every, 0)
+    _check_count("--signals-every", signals_every, 0)
     _check_count("--threads", threads, 1, limits.MAX_THREADS, "")
     from ravine.train.config import ConfigError, check_arguments, check_paths, load_config
 
@@ -467,6 +476,8 @@ def train(
         )
     if gradient_health and run.restarts > 1:
         raise UsageFailure("--gradient-health needs restarts = 1")
+    if signals_every and run.restarts > 1:
+        raise UsageFailure("--signals-every needs restarts = 1")
     if run.user:
         raise UsageFailure(
             "[user] records a model or data given from Python (ravine.train.train(model=, "
@@ -485,6 +496,7 @@ def train(
             out,
             curvature_every,
             gradient_health,
+            signals_every=signals_every,
             replace=replace,
             tensorboard=tensorboard,
             device=resolved,
@@ -697,6 +709,7 @@ def _run_training(
     curvature_every: int = 0,
     gradient_health: bool = False,
     *,
+    signals_every: int = 0,
     replace=False,
     device=None,
     compile_model: bool = False,
@@ -743,7 +756,10 @@ def _run_training(
         try:
             tracker = _curvature_tracker(run, curvature_every) if curvature_every else None
             health = _gradient_health() if gradient_health else None
-            callbacks = [c for c in (tracker, health) if c is not None]
+            signals, probe_size = (
+                _training_signals(run, signals_every) if signals_every else (None, 0)
+            )
+            callbacks = [c for c in (tracker, health, signals) if c is not None]
             if tensorboard:  # hooked from above: train knows nothing of TensorBoard
                 from ravine.report.tensorboard import TensorBoardLogger, run_hparams
 
@@ -766,6 +782,8 @@ def _run_training(
                     _write_curvature(tracker, out)
                 if health is not None:
                     _write_gradient_health(health, out, console)
+                if signals is not None:
+                    _write_signals(signals, probe_size, out, console)
                 if logger is not None:
                     logger.finish(result, curvature=tracker, gradient_health=health)
         except (ConfigError, DamagedFileError, FolderInUseError) as error:
@@ -926,6 +944,69 @@ def _gradient_health():
     from ravine.probe.gradients import GradientHealthCallback
 
     return GradientHealthCallback()
+
+
+def _training_signals(run, every: int):
+    """The :class:`TrainingSignals` callback on the run's first 256 training examples, and
+    how many examples that probe batch holds."""
+    from ravine.probe.signals import TrainingSignals
+    from ravine.train.build import input_view, loss_function, model_config, prepare_data
+
+    splits = prepare_data(run)
+    shape = input_view(model_config(run), splits.dataset)
+    x = splits.x_train[:256].reshape(-1, *shape)
+    signals = TrainingSignals(
+        loss_function(splits.dataset),
+        (x, splits.y_train[:256]),
+        every=every,
+        batch_size=run.batch_size,
+    )
+    return signals, len(x)
+
+
+def _write_signals(signals, probe_size: int, out: Path, console) -> None:
+    """signals.jsonl (a record per line), signals.json (the settings and the findings) and the
+    signals.png dashboard; a line per finding."""
+    import json
+
+    from ravine.folders import atomic_write_text
+    from ravine.report.folder import finding_line
+    from ravine.report.signals import plot_signals, test_thresholds
+
+    records = signals.to_records()
+    findings = [
+        {
+            "kind": f.kind,
+            "layer": f.layer,
+            "step": f.step,
+            # (an unbounded value, inf, is no JSON number: its message says what it means)
+            "value": float(f.value) if _finite(f.value) else None,
+            "message": f.message,
+            "advice": f.advice,
+        }
+        for f in signals.findings()
+    ]
+    document = {
+        "every": signals.every,
+        "batch_size": signals.batch_size,
+        "probe_size": probe_size,
+        "thresholds": test_thresholds(),  # what the tests' radii were judged against
+        "findings": findings,
+    }
+    atomic_write_text(out / "signals.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(out / "signals.json", json.dumps(document, indent=2) + "\n")
+    if records:
+        plot_signals(records, out / "signals.png")
+    for finding in findings:
+        console.print(finding_line(finding), markup=False, highlight=False, soft_wrap=True)
+    if not findings:
+        console.print("training signals: nothing flagged")
+
+
+def _finite(value) -> bool:
+    import math
+
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _write_gradient_health(health, out: Path, console) -> None:

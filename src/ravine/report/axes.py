@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from matplotlib.axis import Axis
     from matplotlib.legend import Legend
 
-__all__ = ["integer_ticks", "key_beside", "log_labels", "symlog_for"]
+__all__ = ["integer_ticks", "key_above", "key_beside", "log_labels", "symlog_for"]
 
 
 def integer_ticks(axis: Axis) -> None:
@@ -70,6 +70,30 @@ def key_beside(ax: Axes, handles: Sequence[Any] | None = None, **kwargs: Any) ->
         "fontsize": 8,
         "frameon": False,
         "alignment": "left",
+        **kwargs,
+    }
+    return ax.legend(handles=list(handles), **options)
+
+
+def key_above(ax: Axes, heading: str, ncol: int = 2, **kwargs: Any) -> Legend | None:
+    """The key of ``ax`` over it, under ``heading`` (the panel's title, left-aligned): for a
+    grid of panels, where a key beside each would take the width the data needs. Without
+    entries, ``heading`` becomes the axes' title; returns None then."""
+    handles = ax.get_legend_handles_labels()[0]
+    if not handles:
+        ax.set_title(heading, fontsize=10, loc="left")
+        return None
+    options = {
+        "loc": "lower left",
+        "bbox_to_anchor": (0.0, 1.0),
+        "borderaxespad": 0.3,
+        "fontsize": 8,
+        "frameon": False,
+        "alignment": "left",
+        "ncol": min(ncol, len(handles)),
+        "columnspacing": 1.2,
+        "title": heading,
+        "title_fontsize": 10,
         **kwargs,
     }
     return ax.legend(handles=list(handles), **options)

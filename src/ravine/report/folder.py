@@ -14,16 +14,27 @@ import io
 import json
 import math
 import shlex
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ravine.folders import holder, read_verified
 
-__all__ = ["REPORT_NAME", "Cell", "Figure", "FolderRecord", "ReportError", "Table", "read_folder"]
+__all__ = [
+    "REPORT_NAME",
+    "Cell",
+    "Figure",
+    "FolderRecord",
+    "ReportError",
+    "Table",
+    "finding_line",
+    "read_folder",
+]
 
 REPORT_NAME = "report.html"
 _FIGURE_TYPES = {".png": "image/png", ".svg": "image/svg+xml"}
+_WIDE_FIGURES = ("signals",)  # dashboards of many panels: the page's whole width
 # Per-epoch keys of metrics.jsonl that are bookkeeping, not curves.
 _NOT_CURVES = ("epoch", "step", "seconds", "per_member", "diverged", "stopped")
 
@@ -60,6 +71,11 @@ class Figure:
     @property
     def src(self) -> str:
         return f"data:{self.mime};base64,{self.data}"
+
+    @property
+    def wide(self) -> bool:
+        """Shown across the page's whole width (a dashboard of many panels)."""
+        return Path(self.name).stem in _WIDE_FIGURES
 
 
 @dataclass
@@ -286,6 +302,10 @@ def _train_common(record: FolderRecord) -> list[dict[str, Any]]:
     every = _curvature_every(path)
     if every:
         command += ["--curvature-every", str(every)]
+    if (path / "signals.json").is_file():
+        signals = _expect(_read_json(path / "signals.json"), dict, path / "signals.json")
+        if isinstance(signals.get("every"), int):
+            command += ["--signals-every", str(signals["every"])]
     if (path / "tensorboard").is_dir():
         command.append("--tensorboard")
     record.commands.append(shlex.join(command))
@@ -406,6 +426,8 @@ def _instruments(record: FolderRecord) -> None:
         )
     if (path / "curvature.jsonl").is_file():
         record.findings.append(("curvature during training", _curvature_lines(path)))
+    if (path / "signals.json").is_file():
+        record.findings.append(("training signals", _signals_lines(path)))
     if (path / "probe.json").is_file():
         record.findings.append(("probe of the trained network", _probe_lines(path)))
         probe = _read_json(path / "probe.json")
@@ -446,6 +468,104 @@ def _curvature_lines(path: Path) -> list[str]:
         )
     lines.append("points: " + ", ".join(f"{k} x{v}" for k, v in kinds.items()))
     return lines
+
+
+def finding_line(finding: dict[str, Any]) -> str:
+    """One finding (a record of ``signals.json``) in one line: what, where, from when, what
+    helps."""
+    where = f" at {finding['layer']}" if finding.get("layer") else ""
+    message = str(finding.get("message", "")).rstrip(". ")
+    return (
+        f"{finding.get('kind')}{where} from step {finding.get('step')}: {message}. "
+        f"{finding.get('advice', '')}".rstrip()
+    )
+
+
+_SIGNAL_TESTS = {  # record key: (name, the key of the batch it suggests)
+    "norm_test": ("norm", "suggested_batch_norm"),
+    "inner_product_test": ("inner product", "suggested_batch_inner_product"),
+    "orthogonality_test": ("orthogonality", "suggested_batch_orthogonality"),
+}
+
+
+def _signals_lines(path: Path) -> list[str]:
+    """signals.json's findings in words, then what signals.jsonl measured, at its last record."""
+    from ravine.report.signals import test_thresholds
+
+    document = _expect(_read_json(path / "signals.json"), dict, path / "signals.json")
+    found = [f for f in document.get("findings") or [] if isinstance(f, dict)]
+    lines = [finding_line(f) for f in found] or ["nothing flagged"]
+    records = _read_jsonl(path / "signals.jsonl") if (path / "signals.jsonl").is_file() else []
+    every, batch = document.get("every"), document.get("batch_size")
+    setting = (
+        "every update" if every == 1 else f"every {every} updates"
+    ) + f" on a fixed probe batch of {document.get('probe_size')} examples (training batch {batch})"
+    if not records:
+        return [*lines, f"no record was taken ({setting}: the run was shorter)"]
+    last = records[-1]
+    lines.append(
+        f"{len(records)} records, steps {records[0].get('step')} to {last.get('step')}, {setting}"
+    )
+
+    def num(value: Any, fmt: str = ".3g") -> str | None:
+        return format(value, fmt) if isinstance(value, int | float) else None
+
+    at = f"at step {last.get('step')}"
+    if num(last.get("noise_scale")) is not None:
+        lines.append(
+            f"{at}: gradient noise scale {_examples(last['noise_scale'])} examples against the "
+            f"training batch of {batch} (SNR {num(last.get('snr'))}; below 1, noise dominates "
+            "each step)"
+        )
+    elif last.get("snr") is not None:
+        lines.append(f"{at}: the gradient noise swamps the mean gradient (noise scale unbounded)")
+    thresholds = document.get("thresholds")
+    if not isinstance(thresholds, dict) or not all(
+        isinstance(thresholds.get(k), int | float) for k in _SIGNAL_TESTS
+    ):
+        thresholds = test_thresholds()  # (a signals.json from before they were written)
+    tests = []
+    for key, (name, suggested) in _SIGNAL_TESTS.items():
+        radius = num(last.get(key))
+        if radius is None:
+            continue
+        if last[key] <= thresholds[key]:
+            tests.append(f"{name} {radius} <= {thresholds[key]:g}: passes")
+            continue
+        needed = _examples(last[suggested]) if num(last.get(suggested)) else None
+        tests.append(
+            f"{name} {radius} > {thresholds[key]:g}: fails"
+            + (f", passes at a batch of {needed}" if needed else ", at any batch")
+        )
+    if tests:
+        lines.append(f"batch-size tests {at}, radius at batch {batch}: " + ", ".join(tests))
+    alphas = [r["alpha"] for r in records if isinstance(r.get("alpha"), int | float)]
+    if alphas:
+        lines.append(
+            f"step size alpha: median {statistics.median(alphas):.3g} over {len(alphas)} records "
+            "(0: the step lands at the minimum along its direction; -1: barely moved; above 1: "
+            "overshooting)"
+        )
+    distance = num(last.get("distance"))
+    if distance is not None:
+        lines.append(f"{at}: the weights are {distance} from their initialization (norm)")
+    traces = [
+        (r.get("step"), r["trace"]) for r in records if isinstance(r.get("trace"), int | float)
+    ]
+    if len(traces) == 1:
+        lines.append(f"Hessian trace {traces[0][1]:.4g} at step {traces[0][0]} (one record)")
+    elif traces:
+        lines.append(
+            f"Hessian trace from {traces[0][1]:.4g} (step {traces[0][0]}) to {traces[-1][1]:.4g} "
+            f"(step {traces[-1][0]}), {len(traces)} records"
+        )
+    return lines
+
+
+def _examples(count: float) -> str:
+    """A number of examples: whole and with thousands separated (7,810), three digits below
+    100 (43.6)."""
+    return f"{count:,.0f}" if abs(count) >= 100 else f"{count:.3g}"
 
 
 def _probe_lines(path: Path) -> list[str]:
