@@ -133,47 +133,42 @@ def _norm(value) -> float:
 
 
 def compare(records: list[dict], output: dict) -> list[tuple[str, str]]:
-    """Per quantity, the largest relative difference over the steps both recorded."""
-    rows = []
-    pairs = {
-        "norm test": ("NormTest", "norm_test"),
-        "inner-product test": ("InnerTest", "inner_product_test"),
-        "orthogonality test": ("OrthoTest", "orthogonality_test"),
-        "alpha": ("Alpha", "alpha"),
-        "distance from init": ("Distance", "distance"),
-        "update size": ("UpdateSize", "update_size"),
+    """Per quantity, the largest relative difference over the steps both recorded.
+
+    Cockpit's output is ``{step: {quantity: value}}``, its step ``k`` the point before update
+    ``k + 1``; its ``Alpha`` and ``UpdateSize`` at ``k`` are about that coming update. A ravine
+    record at step ``k`` is the point after update ``k``, its alpha and update size about
+    update ``k``: those two pair with Cockpit's step ``k - 1``, the rest with step ``k``.
+    """
+    pairs = {  # label: (Cockpit's quantity, ravine's key, Cockpit's step offset)
+        "norm test": ("NormTest", "norm_test", 0),
+        "inner-product test": ("InnerTest", "inner_product_test", 0),
+        "orthogonality test": ("OrthoTest", "orthogonality_test", 0),
+        "probe-batch loss": ("Loss", "loss", 0),
+        "distance from init": ("Distance", "distance", 0),
+        "update size": ("UpdateSize", "update_size", -1),
+        "alpha": ("Alpha", "alpha", -1),
     }
-    by_step = {r["step"]: r for r in records}
-    for label, (theirs, ours) in pairs.items():
+    rows = []
+    for label, (theirs, ours, offset) in pairs.items():
         diffs = []
-        for step, value in output.get(theirs, {}).items():
-            record = by_step.get(int(step))
-            mine = None if record is None else record.get(ours)
-            if isinstance(value, dict):
-                value = value.get(ours) if ours in value else next(iter(value.values()))
+        for record in records:
+            value = output.get(record["step"] + offset, {}).get(theirs)
+            mine = record.get(ours)
             if mine is None or value is None:
                 continue
-            theirs_value = _norm(value)
-            scale = max(abs(theirs_value), abs(mine), 1e-12)
-            diffs.append(abs(theirs_value - mine) / scale)
+            value = _norm(value)
+            diffs.append(abs(value - mine) / max(abs(value), abs(mine), 1e-12))
         rows.append((label, f"{max(diffs):.1e}" if diffs else "n/a"))
     # The trace: exact (Cockpit) against a Hutchinson estimate, in its standard errors.
     errors = []
-    for step, value in output.get("HessTrace", {}).items():
-        record = by_step.get(int(step))
-        if record and record.get("trace") is not None and record.get("trace_stderr"):
-            errors.append(abs(_norm_sum(value) - record["trace"]) / record["trace_stderr"])
-    rows.append(
-        (
-            "trace (exact vs Hutchinson)",
-            f"{statistics.median(errors):.1f} stderr (median)" if errors else "n/a",
-        )
-    )
+    for record in records:
+        value = output.get(record["step"], {}).get("HessTrace")
+        if value is not None and record.get("trace") is not None and record.get("trace_stderr"):
+            errors.append(abs(sum(map(float, value)) - record["trace"]) / record["trace_stderr"])
+    median = f"{statistics.median(errors):.1f} standard errors (median)" if errors else "n/a"
+    rows.append(("trace (exact vs Hutchinson)", median))
     return rows
-
-
-def _norm_sum(value) -> float:
-    return sum(float(v) for v in value) if isinstance(value, list | tuple) else float(value)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,6 +74,8 @@ def test_the_noise_instrument_reads_the_noise_at_the_runs_batch(run, capsys):
     for key in ("noise_trace", "grad_norm", "norm_test", "loss"):
         assert noise[key] == pytest.approx(getattr(direct, key), rel=1e-5), key
     assert torch.is_grad_enabled()
+    assert main(["report", str(run)]) == 0  # the report says it in words too
+    assert "gradient noise" in (run / "report.html").read_text()
 
 
 def test_bad_instruments_exit_2_in_one_line_before_torch():

@@ -332,7 +332,7 @@ def _noise_and_mean(
     mean = {k: g.detach() for k, g in zip(leaves, grads, strict=True)}
     flat_mean = {k: m.reshape(-1) for k, m in mean.items()}
     g2 = sum(float(m.double().square().sum()) for m in flat_mean.values())
-    spread = along = 0.0
+    along = 0.0
     squares = {k: torch.zeros_like(m) for k, m in flat_mean.items()}  # sum_i (g_ij - gbar_j)^2
     losses = []
     for chunk, loss in _chunks(model, loss_fn, params, x, y, chunk_size):
@@ -340,10 +340,10 @@ def _noise_and_mean(
         for k, g in chunk.items():
             centred = g.flatten(1) - flat_mean[k]  # (chunk, numel)
             dots += centred @ flat_mean[k]
-            spread += float(torch.linalg.vector_norm(centred).double() ** 2)
-            squares[k] += centred.square().sum(0)
+            squares[k] += centred.square_().sum(0)
         along += float(dots.double().square().sum())
         losses.append(loss.detach().double())
+    spread = sum(float(v.double().sum()) for v in squares.values())
     per_example = torch.cat(losses)
     gsnr_values = []
     for k, m in flat_mean.items():

@@ -588,6 +588,10 @@ def _probe_lines(path: Path) -> list[str]:
             "bottom eigenvalues: "
             + ", ".join(f"{v:.4g}" for v in p.get("bottom_eigenvalues") or []),
         ]
+    if "noise" in ran and isinstance(p.get("noise"), dict):
+        from ravine.report.signals import noise_line
+
+        lines.append(noise_line(p["noise"]))
     if "trace" in ran:
         lines.append(f"trace {num('trace')} ± {num('trace_stderr', '.2g')}")
     if "condition" in ran:

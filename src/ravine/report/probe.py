@@ -12,6 +12,7 @@ from typing import Any
 from ravine.folders import atomic_write_text, forget, locked, recorded
 from ravine.probe import interpolate, surface, trajectory
 from ravine.probe.instruments import INSTRUMENTS, Progress, run_instruments
+from ravine.report.signals import noise_line
 from ravine.train.build import loss_function
 from ravine.train.config import ConfigError
 from ravine.train.run import load_run, read_weights
@@ -124,25 +125,6 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     if report["hvps"]:
         lines.append(f"{report['hvps']} Hessian-vector products")
     return lines
-
-
-def noise_line(noise: Mapping[str, Any]) -> str:
-    """One line on the gradient noise at the trained weights (see
-    :class:`ravine.probe.signals.GradientNoise`): the noise scale against the training batch."""
-    b, scale = noise["batch_size"], noise.get("noise_scale")
-    if scale is None:
-        return (
-            f"gradient noise: no signal above the noise in {noise['probe_size']} examples (the "
-            f"gradient is mostly noise at batch {b}: a minimum, or too few examples to see it)"
-        )
-    if noise.get("snr") is None:  # every example's gradient the same: no noise at all
-        return f"gradient noise: none (every example's gradient is the same), batch {b}"
-    reading = "mostly noise" if noise["snr"] < 1 else "mostly signal"
-    return (
-        f"gradient noise scale {scale:.3g} examples vs batch {b}: signal-to-noise "
-        f"{noise['snr']:.2g} (the batch gradient is {reading}); the norm test asks for batch "
-        f"{noise['suggested_batch_norm']:.3g}"
-    )
 
 
 def landscape_run(

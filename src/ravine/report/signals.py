@@ -26,7 +26,7 @@ from ravine.report.plots import save_figure
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-__all__ = ["plot_signals", "test_thresholds"]
+__all__ = ["noise_line", "plot_signals", "test_thresholds"]
 
 # The three tests: record key, colour, name in the key.
 _TESTS = (
@@ -346,3 +346,30 @@ def _plain_symlog_ticks(ax: Axes, bottom: float, top: float) -> None:
     ax.yaxis.set_major_locator(FixedLocator(sorted(ticks)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_locator(NullLocator())
+
+
+def noise_line(noise: dict[str, Any]) -> str:
+    """One line on the gradient noise at the trained weights (``probe.json``'s ``noise``, see
+    :class:`ravine.probe.signals.GradientNoise`): the noise scale against the training batch.
+    A value missing or of the wrong type (a file edited by hand) reads as "?"."""
+
+    def number(key: str, fmt: str) -> str:
+        value = noise.get(key)
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return format(value, fmt) if ok else "?"
+
+    b, scale, snr = number("batch_size", "d"), noise.get("noise_scale"), noise.get("snr")
+    if scale is None:
+        return (
+            f"gradient noise: no signal above the noise in {number('probe_size', 'd')} "
+            f"examples (the gradient is mostly noise at batch {b}: a minimum, or too few "
+            "examples to see it)"
+        )
+    if snr is None:  # every example's gradient the same: no noise at all
+        return f"gradient noise: none (every example's gradient is the same), batch {b}"
+    reading = "mostly noise" if isinstance(snr, int | float) and snr < 1 else "mostly signal"
+    return (
+        f"gradient noise scale {number('noise_scale', '.3g')} examples vs batch {b}: "
+        f"signal-to-noise {number('snr', '.2g')} (the batch gradient is {reading}); the norm "
+        f"test asks for batch {number('suggested_batch_norm', '.3g')}"
+    )
