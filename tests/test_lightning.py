@@ -136,18 +136,67 @@ def test_a_lightning_fit_records_gradient_health_and_curvature(tmp_path):
     assert [int(r["step"]) for r in rows if r.get("ravine/curvature_top")] == [4, 8]
 
 
+def _reference_signals(every: int):
+    """TrainingSignals on the hand-written loop: the records the callback must match."""
+    from ravine.probe.signals import TrainingSignals
+
+    net, (x, y) = _net(), _data()
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    signals = TrainingSignals(F.cross_entropy, (x[:16], y[:16]), every=every, batch_size=16)
+    signals.attach(net, opt)
+    step = 0
+    for _ in range(2):
+        for start in range(0, 64, 16):
+            opt.zero_grad()
+            F.cross_entropy(net(x[start : start + 16]), y[start : start + 16]).backward()
+            opt.step()
+            step += 1
+            signals(net, step)
+    return signals.records
+
+
+def test_a_lightning_fit_records_training_signals(tmp_path):
+    callback = RavineCallback(
+        gradient_health=False, signals_every=2, loss_fn=F.cross_entropy, out_dir=tmp_path / "r"
+    )
+    trainer, _ = _fit(tmp_path, callback)
+    reference = _reference_signals(2)
+    records = callback.signals.records
+    assert [r["step"] for r in records] == [r["step"] for r in reference] == [2, 4, 6, 8]
+    for got, want in zip(records, reference, strict=True):
+        for key in ("loss", "alpha", "distance", "update_size", "noise_trace", "norm_test"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5), (got["step"], key)
+    assert callback.signals.batch_size == 16  # the training batch's size
+    lines = (tmp_path / "r" / "signals.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [2, 4, 6, 8]
+    assert (tmp_path / "r" / "signals.png").is_file()
+    assert json.loads((tmp_path / "r" / "signals.json").read_text())["every"] == 2
+    with open(f"{trainer.logger.log_dir}/metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    logged = [(int(r["step"]), float(r["ravine/signals/alpha"])) for r in rows
+              if r.get("ravine/signals/alpha")]  # fmt: skip
+    assert logged == pytest.approx([(r["step"], r["alpha"]) for r in reference], rel=1e-5)
+
+
 def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="curvature_every > 0 needs loss_fn"):
         RavineCallback(curvature_every=5)
     with pytest.raises(ValueError, match="curvature_every must be an integer >= 0, got -1"):
         RavineCallback(curvature_every=-1, loss_fn=F.cross_entropy)
+    with pytest.raises(ValueError, match="signals_every > 0 needs loss_fn"):
+        RavineCallback(signals_every=5)
 
 
 def test_a_resumed_fit_keeps_what_was_recorded(tmp_path):
-    first = RavineCallback(curvature_every=4, loss_fn=F.cross_entropy, out_dir=tmp_path / "r")
+    def make():
+        return RavineCallback(
+            curvature_every=4, signals_every=3, loss_fn=F.cross_entropy, out_dir=tmp_path / "r"
+        )
+
+    first = make()
     trainer, _ = _fit(tmp_path, first, epochs=1)
     trainer.save_checkpoint(tmp_path / "one.ckpt")
-    second = RavineCallback(curvature_every=4, loss_fn=F.cross_entropy, out_dir=tmp_path / "r")
+    second = make()
     x, y = _data()
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
     resumed = pl.Trainer(
@@ -167,3 +216,10 @@ def test_a_resumed_fit_keeps_what_was_recorded(tmp_path):
     norms, _ = _reference()
     recorded = [r.layers["net.0"].grad_norm for r in second.health.monitor.history]
     assert recorded == pytest.approx(norms, rel=1e-5)  # the fit went on where it stopped
+    # signals every 3: step 3 before the checkpoint (after step 4), 6 after it; the weights
+    # kept for step 6's alpha were taken at step 5, after the resume
+    reference = _reference_signals(3)
+    assert [r["step"] for r in second.signals.records] == [r["step"] for r in reference] == [3, 6]
+    for got, want in zip(second.signals.records, reference, strict=True):
+        for key in ("alpha", "distance", "update_size"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5), (got["step"], key)

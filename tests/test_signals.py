@@ -389,3 +389,25 @@ def test_module_doctests():
 
     result = doctest.testmod(signals, raise_on_error=False)
     assert result.attempted >= 4 and result.failed == 0
+
+
+def test_a_gradient_monitor_beside_the_signals_sees_the_training_batch_only():
+    from ravine.probe import GradientMonitor
+
+    def run(with_signals: bool):
+        model, (x, y) = _mlp(), _batch()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        signals = TrainingSignals(F.cross_entropy, (x[:20], y[:20]), every=1, batch_size=8)
+        signals.attach(model, opt)
+        with GradientMonitor(model, opt) as monitor:
+            for step in range(1, 4):
+                opt.zero_grad()
+                F.cross_entropy(model(x[20:28]), y[20:28]).backward()
+                opt.step()
+                monitor.record(step)
+                if with_signals:  # its passes (vmap included) must not reach the hooks
+                    signals(model, step)
+        return monitor.history
+
+    for a, b in zip(run(True), run(False), strict=True):
+        assert a.layers == b.layers

@@ -105,6 +105,37 @@ def test_curvature_records(watched_run, curvature_tracker, tmp_path):
         )
 
 
+def test_training_signals_records(tmp_path):
+    import torch
+
+    from ravine.probe.signals import TrainingSignals
+    from ravine.report.tensorboard import TensorBoardLogger
+
+    class Result:  # what train() returns, as much as finish() reads of it
+        history, final = [], {"test_loss": 0.5}
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    x, y = torch.randn(16, 2), torch.randn(16, 1)
+    signals = TrainingSignals(torch.nn.functional.mse_loss, (x, y), every=1, batch_size=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    signals.attach(model, optimizer)
+    for step in (1, 2, 3):
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x[:4]), y[:4]).backward()
+        optimizer.step()
+        signals(model, step)
+    logger = TensorBoardLogger(tmp_path, hparams={"optimizer.name": "sgd"})
+    logger.finish(Result(), signals=signals)
+    board = events(tmp_path / "tensorboard")
+    records = signals.to_records()
+    for key in ("alpha", "noise_trace", "norm_test", "distance", "trace"):
+        assert scalars(board, f"signals/{key}") == as_float32(
+            (r["step"], r[key]) for r in records
+        )
+    assert "signals/blocks" not in board.Tags()["scalars"]  # (not a number)
+
+
 def test_tune_trials_as_runs(tune_run):
     document = json.loads((tune_run / "trials.json").read_text())
     assert len(document["trials"]) == 2

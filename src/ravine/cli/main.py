@@ -756,9 +756,7 @@ def _run_training(
         try:
             tracker = _curvature_tracker(run, curvature_every) if curvature_every else None
             health = _gradient_health() if gradient_health else None
-            signals, probe_size = (
-                _training_signals(run, signals_every) if signals_every else (None, 0)
-            )
+            signals = _training_signals(run, signals_every) if signals_every else None
             callbacks = [c for c in (tracker, health, signals) if c is not None]
             if tensorboard:  # hooked from above: train knows nothing of TensorBoard
                 from ravine.report.tensorboard import TensorBoardLogger, run_hparams
@@ -783,9 +781,11 @@ def _run_training(
                 if health is not None:
                     _write_gradient_health(health, out, console)
                 if signals is not None:
-                    _write_signals(signals, probe_size, out, console)
+                    _write_signals(signals, out, console)
                 if logger is not None:
-                    logger.finish(result, curvature=tracker, gradient_health=health)
+                    logger.finish(
+                        result, curvature=tracker, gradient_health=health, signals=signals
+                    )
         except (ConfigError, DamagedFileError, FolderInUseError) as error:
             raise UsageFailure(str(error)) from None
         except KeyboardInterrupt:
@@ -947,66 +947,32 @@ def _gradient_health():
 
 
 def _training_signals(run, every: int):
-    """The :class:`TrainingSignals` callback on the run's first 256 training examples, and
-    how many examples that probe batch holds."""
+    """The :class:`TrainingSignals` callback on the run's first 256 training examples."""
     from ravine.probe.signals import TrainingSignals
     from ravine.train.build import input_view, loss_function, model_config, prepare_data
 
     splits = prepare_data(run)
     shape = input_view(model_config(run), splits.dataset)
     x = splits.x_train[:256].reshape(-1, *shape)
-    signals = TrainingSignals(
+    return TrainingSignals(
         loss_function(splits.dataset),
         (x, splits.y_train[:256]),
         every=every,
         batch_size=run.batch_size,
     )
-    return signals, len(x)
 
 
-def _write_signals(signals, probe_size: int, out: Path, console) -> None:
-    """signals.jsonl (a record per line), signals.json (the settings and the findings) and the
-    signals.png dashboard; a line per finding."""
-    import json
-
-    from ravine.folders import atomic_write_text
+def _write_signals(signals, out: Path, console) -> None:
+    """The signals' files (see :func:`ravine.report.signals.write_signals`); a line per
+    finding."""
     from ravine.report.folder import finding_line
-    from ravine.report.signals import plot_signals, test_thresholds
+    from ravine.report.signals import write_signals
 
-    records = signals.to_records()
-    findings = [
-        {
-            "kind": f.kind,
-            "layer": f.layer,
-            "step": f.step,
-            # (an unbounded value, inf, is no JSON number: its message says what it means)
-            "value": float(f.value) if _finite(f.value) else None,
-            "message": f.message,
-            "advice": f.advice,
-        }
-        for f in signals.findings()
-    ]
-    document = {
-        "every": signals.every,
-        "batch_size": signals.batch_size,
-        "probe_size": probe_size,
-        "thresholds": test_thresholds(),  # what the tests' radii were judged against
-        "findings": findings,
-    }
-    atomic_write_text(out / "signals.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    atomic_write_text(out / "signals.json", json.dumps(document, indent=2) + "\n")
-    if records:
-        plot_signals(records, out / "signals.png")
+    findings = write_signals(signals, out)
     for finding in findings:
         console.print(finding_line(finding), markup=False, highlight=False, soft_wrap=True)
     if not findings:
         console.print("training signals: nothing flagged")
-
-
-def _finite(value) -> bool:
-    import math
-
-    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _write_gradient_health(health, out: Path, console) -> None:

@@ -1,4 +1,4 @@
-"""Gradient health and curvature tracking in a Lightning ``Trainer``.
+"""Gradient health, curvature tracking and training signals in a Lightning ``Trainer``.
 
 ::
 
@@ -12,12 +12,16 @@ After every optimizer step (``trainer.global_step``) the callback records the sa
 statistics as ``ravine train --gradient-health`` (:class:`ravine.probe.gradients.
 GradientHealthCallback`) and, every ``curvature_every`` steps, the extreme Hessian eigenvalues
 on a fixed batch (:class:`ravine.probe.tracking.CurvatureTracker`; the first training batch
-unless ``curvature_batch`` is given; the module's ``forward`` must map inputs to outputs).
-Each record goes to the Trainer's loggers (``ravine/grad_norm/<layer>``, ``ravine/
-update_ratio/<layer>``, ``ravine/curvature_top``, ...). When fitting ends it writes the files
-``ravine train`` writes, in ``out_dir`` (default: the Trainer's ``log_dir``):
-``gradient-health.json`` and ``curvature.jsonl``. Its state travels in Lightning's
-checkpoints, so a resumed fit keeps what was recorded before.
+unless ``curvature_batch`` is given; the module's ``forward`` must map inputs to outputs), and,
+every ``signals_every`` steps, the training signals of ``ravine train --signals-every``
+(:class:`ravine.probe.signals.TrainingSignals`: gradient noise, batch-size tests, alpha,
+Hessian trace, distance travelled; on the same kind of fixed batch, read at the training
+batch's size). Each record goes to the Trainer's loggers (``ravine/grad_norm/<layer>``,
+``ravine/update_ratio/<layer>``, ``ravine/curvature_top``, ``ravine/signals/alpha``, ...).
+When fitting ends it writes the files ``ravine train`` writes, in ``out_dir`` (default: the
+Trainer's ``log_dir``): ``gradient-health.json``, ``curvature.jsonl`` and ``signals.jsonl``,
+``signals.json``, ``signals.png``. Its state travels in Lightning's checkpoints, so a resumed
+fit keeps what was recorded before.
 
 Requires the ``lightning`` extra: ``pip install "ravine[lightning]"``.
 """
@@ -40,6 +44,7 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
 
 from ravine.folders import atomic_write_text
 from ravine.probe.gradients import GradientHealthCallback
+from ravine.probe.signals import TrainingSignals
 from ravine.probe.tracking import CurvatureTracker
 
 __all__ = ["RavineCallback"]
@@ -48,15 +53,18 @@ _CURVATURE_EXAMPLES = 256  # of the first batch, when no curvature batch is give
 
 
 class RavineCallback(pl.Callback):
-    """ravine's gradient health and curvature tracking as a Lightning callback.
+    """ravine's gradient health, curvature tracking and training signals as a Lightning
+    callback.
 
     Args:
         gradient_health: record per-layer gradient health (every ``every`` steps).
         every: optimizer steps between gradient-health records.
         curvature_every: optimizer steps between curvature records (0: off).
-        loss_fn: ``loss_fn(outputs, targets)``, needed for curvature.
-        curvature_batch: the fixed ``(x, y)`` batch curvature is measured on (default: the
-            first ``256`` examples of the first training batch).
+        signals_every: optimizer steps between training-signal records (0: off).
+        loss_fn: ``loss_fn(outputs, targets)``, a mean over the batch; needed for curvature
+            and signals.
+        curvature_batch: the fixed ``(x, y)`` batch curvature and signals are measured on
+            (default: the first ``256`` examples of the first training batch).
         out_dir: where the JSON files go (default: the Trainer's ``log_dir``); ``None`` and
             no log_dir: nothing is written.
     """
@@ -67,20 +75,22 @@ class RavineCallback(pl.Callback):
         gradient_health: bool = True,
         every: int = 1,
         curvature_every: int = 0,
+        signals_every: int = 0,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
         curvature_batch: tuple[Tensor, Tensor] | None = None,
         out_dir: str | Path | None = None,
     ) -> None:
-        if isinstance(curvature_every, bool) or not isinstance(curvature_every, int):
-            raise ValueError(f"curvature_every must be an integer >= 0, got {curvature_every!r}")
-        if curvature_every < 0:
-            raise ValueError(f"curvature_every must be an integer >= 0, got {curvature_every}")
-        if curvature_every and loss_fn is None:
-            raise ValueError("curvature_every > 0 needs loss_fn (outputs, targets) -> loss")
+        for name, value in (("curvature_every", curvature_every), ("signals_every", signals_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+            if value and loss_fn is None:
+                raise ValueError(f"{name} > 0 needs loss_fn (outputs, targets) -> loss")
         self.health = GradientHealthCallback(every) if gradient_health else None
         self.curvature_every, self.loss_fn = curvature_every, loss_fn
         self.curvature_batch = curvature_batch
         self.tracker: CurvatureTracker | None = None
+        self.signals_every = signals_every
+        self.signals: TrainingSignals | None = None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self._last_step = -1
         self._pending: dict[str, Any] | None = None  # state loaded before the fit attached us
@@ -99,9 +109,13 @@ class RavineCallback(pl.Callback):
         self._last_step = trainer.global_step
 
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
+        x, y = batch[0], batch[1]
+        probe = self.curvature_batch or (x[:_CURVATURE_EXAMPLES], y[:_CURVATURE_EXAMPLES])
         if self.curvature_every and self.tracker is None:
-            x, y = batch[0], batch[1]
-            self._start_tracker((x[:_CURVATURE_EXAMPLES], y[:_CURVATURE_EXAMPLES]), pl_module)
+            self._start_tracker(probe, pl_module)
+        if self.signals_every and self.signals is None:  # before the first step: the init
+            self._start_signals(probe, len(x), pl_module)
+            self.signals.attach(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step  # optimizer steps so far (gradient accumulation: fewer)
@@ -126,6 +140,13 @@ class RavineCallback(pl.Callback):
                 metrics["ravine/curvature_top"] = record.top
                 metrics["ravine/curvature_bottom"] = record.bottom
                 metrics["ravine/curvature_grad_norm"] = record.grad_norm
+        if self.signals is not None:
+            before = len(self.signals.records)
+            self.signals(pl_module, step)
+            if len(self.signals.records) > before:
+                for key, value in self.signals.records[-1].items():
+                    if key not in ("step", "blocks") and isinstance(value, float):
+                        metrics[f"ravine/signals/{key}"] = value
         if metrics:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
@@ -143,14 +164,26 @@ class RavineCallback(pl.Callback):
         if self.tracker is not None:
             lines = "".join(json.dumps(r) + "\n" for r in self.tracker.to_records())
             atomic_write_text(out / "curvature.jsonl", lines)
+        if self.signals is not None:
+            from ravine.report.signals import write_signals
+
+            write_signals(self.signals, out)
 
     def findings(self):
-        """Gradient problems found so far (:func:`ravine.probe.gradients.diagnose`)."""
-        return self.health.findings() if self.health is not None else []
+        """Gradient problems found so far (:func:`ravine.probe.gradients.diagnose`), then the
+        training signals' (:func:`ravine.probe.signals.diagnose_signals`)."""
+        found = self.health.findings() if self.health is not None else []
+        return found + (self.signals.findings() if self.signals is not None else [])
 
     def _start_tracker(self, batch: tuple[Tensor, Tensor], pl_module) -> None:
         x, y = (t.detach().to(pl_module.device) for t in batch)
         self.tracker = CurvatureTracker(self.loss_fn, (x, y), every=self.curvature_every)
+
+    def _start_signals(self, batch: tuple[Tensor, Tensor], batch_size: int, pl_module) -> None:
+        x, y = (t.detach().to(pl_module.device) for t in batch)
+        self.signals = TrainingSignals(
+            self.loss_fn, (x, y), every=self.signals_every, batch_size=batch_size
+        )
 
     # -- Lightning checkpoints ------------------------------------------------------------------
 
@@ -161,6 +194,10 @@ class RavineCallback(pl.Callback):
         if self.tracker is not None:
             state["curvature"] = self.tracker.state_dict()
             state["curvature_batch"] = [t.cpu() for t in self.tracker.data]
+        if self.signals is not None:
+            state["signals"] = self.signals.state_dict()
+            state["signals_batch"] = [t.cpu() for t in self.signals.data]
+            state["signals_batch_size"] = self.signals.batch_size
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -173,3 +210,7 @@ class RavineCallback(pl.Callback):
         if "curvature" in state and self.curvature_every:
             self._start_tracker(tuple(state["curvature_batch"]), pl_module)
             self.tracker.load_state_dict(state["curvature"])
+        if "signals" in state and self.signals_every:
+            batch = tuple(state["signals_batch"])
+            self._start_signals(batch, state["signals_batch_size"], pl_module)
+            self.signals.load_state_dict(state["signals"])

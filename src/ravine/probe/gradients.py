@@ -35,8 +35,10 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -60,6 +62,7 @@ __all__ = [
     "activation_stats",
     "diagnose",
     "history_array",
+    "unmonitored",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -225,6 +228,24 @@ def activation_stats(output: Tensor, module: nn.Module | None = None) -> dict[st
 # The monitor
 # --------------------------------------------------------------------------------------------
 
+_PAUSED: contextvars.ContextVar[bool] = contextvars.ContextVar("ravine_unmonitored", default=False)
+
+
+@contextlib.contextmanager
+def unmonitored() -> Iterator[None]:
+    """Forward passes inside are not seen by any :class:`GradientMonitor`.
+
+    Instruments that run the model on a probe batch of their own during training (curvature
+    tracking, training signals) wrap their passes in this: the monitor's activation statistics
+    are the training batch's, and its hooks, which read numbers off the outputs, must not run
+    inside ``torch.func`` transforms, whose tensors have no storage to read.
+    """
+    token = _PAUSED.set(True)
+    try:
+        yield
+    finally:
+        _PAUSED.reset(token)
+
 
 class GradientMonitor:
     """Record per-layer gradient health of ``model`` from any training loop.
@@ -285,7 +306,7 @@ class GradientMonitor:
 
     def _make_hook(self, owner: str, module: nn.Module, *, is_layer: bool):
         def hook(mod: nn.Module, inputs, output) -> None:
-            if not isinstance(output, Tensor):
+            if not isinstance(output, Tensor) or _PAUSED.get():
                 return
             if not is_layer and self._act.get(owner, {}).get("activation") is not None:
                 return  # a second activation after the same layer: keep the first

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from ravine.probe.curvature import HessianOperator
-from ravine.probe.gradients import Finding
+from ravine.probe.gradients import Finding, unmonitored
 
 __all__ = [
     "INNER_PRODUCT_THETA",
@@ -547,7 +547,7 @@ class TrainingSignals:
         device = next(iter(params.values())).device
         x, y = (t.to(device) for t in self.data)
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), unmonitored():  # (a gradient monitor sees training only)
                 return self._measure(model, params, x, y, step)
         finally:
             model.train(was_training)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ravine.probe.curvature import saddle_report
+from ravine.probe.gradients import unmonitored
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,16 @@ class CurvatureTracker:
         device = next(model.parameters()).device
         data = tuple(t.to(device) if torch.is_tensor(t) else t for t in self.data)
         try:
-            report = saddle_report(
-                model,
-                self.loss_fn,
-                data,
-                k=1,
-                grad_tol=self.grad_tol,
-                max_hvps=self.max_hvps,
-                dtype=torch.float64,
-            )
+            with unmonitored():  # (a gradient monitor's statistics are the training batch's)
+                report = saddle_report(
+                    model,
+                    self.loss_fn,
+                    data,
+                    k=1,
+                    grad_tol=self.grad_tol,
+                    max_hvps=self.max_hvps,
+                    dtype=torch.float64,
+                )
         finally:
             model.train(was_training)
         self.records.append(

@@ -26,7 +26,7 @@ from ravine.report.plots import save_figure
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-__all__ = ["noise_line", "plot_signals", "test_thresholds"]
+__all__ = ["noise_line", "plot_signals", "test_thresholds", "write_signals"]
 
 # The three tests: record key, colour, name in the key.
 _TESTS = (
@@ -373,3 +373,41 @@ def noise_line(noise: dict[str, Any]) -> str:
         f"signal-to-noise {number('snr', '.2g')} (the batch gradient is {reading}); the norm "
         f"test asks for batch {number('suggested_batch_norm', '.3g')}"
     )
+
+
+def write_signals(signals: Any, out: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Write what a :class:`ravine.probe.signals.TrainingSignals` recorded into the folder
+    ``out``, as ``ravine train --signals-every`` does: ``signals.jsonl`` (a record per line),
+    ``signals.json`` (the settings, the tests' thresholds and the findings) and the
+    ``signals.png`` dashboard (when there is a record). Returns the findings' JSON records."""
+    import json
+    import math
+
+    from ravine.folders import atomic_write_text
+
+    out = Path(out)
+    records = signals.to_records()
+    findings = [
+        {
+            "kind": f.kind,
+            "layer": f.layer,
+            "step": f.step,
+            # (an unbounded value, inf, is no JSON number: its message says what it means)
+            "value": float(f.value) if math.isfinite(f.value) else None,
+            "message": f.message,
+            "advice": f.advice,
+        }
+        for f in signals.findings()
+    ]
+    document = {
+        "every": signals.every,
+        "batch_size": signals.batch_size,
+        "probe_size": len(signals.data[0]),
+        "thresholds": test_thresholds(),  # what the tests' radii were judged against
+        "findings": findings,
+    }
+    atomic_write_text(out / "signals.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(out / "signals.json", json.dumps(document, indent=2) + "\n")
+    if records:
+        plot_signals(records, out / "signals.png")
+    return findings

@@ -42,7 +42,30 @@ SUBFOLDER = "tensorboard"
 def _writer(log_dir: Path):
     from torch.utils.tensorboard import SummaryWriter
 
+    _after_existing_events(log_dir)
     return SummaryWriter(log_dir=str(log_dir), flush_secs=30)
+
+
+def _after_existing_events(log_dir: Path) -> None:
+    """Wait, if need be, until a new event file's name sorts after every one in ``log_dir``.
+
+    TensorBoard reads a folder's event files in name order and skips events older than those
+    it has read. The names start with the creation time in whole seconds, then host, process
+    id and a per-process counter: a resumed run that opens its file within the second of the
+    last one (the counter at 10 after 9, another process's smaller pid) could sort before it,
+    and its epochs would be read out of order. A new second sorts after, whatever follows.
+    """
+    import time
+
+    stamps = []
+    for file in log_dir.glob("events.out.tfevents.*"):
+        stamp = file.name.split(".")[3]
+        if stamp.isdigit():
+            stamps.append(int(stamp))
+    if stamps:
+        wait = max(stamps) + 1 - time.time()
+        if 0 < wait <= 1.0:  # (a file from the future: a clock set back; nothing to wait for)
+            time.sleep(wait)
 
 
 def _finite(value: Any) -> bool:
@@ -124,11 +147,12 @@ class TensorBoardLogger:
 
     # -- the end of the run -----------------------------------------------------------------
 
-    def finish(self, result, *, curvature=None, gradient_health=None) -> None:
+    def finish(self, result, *, curvature=None, gradient_health=None, signals=None) -> None:
         """After training: the medians of a run of members, the per-update loss and lr, the
         instruments' records, the hparams with the final metrics; then close and record the
         files. ``curvature``: a ``CurvatureTracker``; ``gradient_health``: a
-        ``GradientHealthCallback``."""
+        ``GradientHealthCallback``; ``signals``: a ``TrainingSignals`` (its scalars under
+        ``signals/``)."""
         self._flush()
         writer = self.writer
         members = hasattr(result, "members")
@@ -149,6 +173,11 @@ class TensorBoardLogger:
                 for key in ("top", "bottom", "grad_norm", "loss"):
                     if _finite(record.get(key)):
                         writer.add_scalar(f"curvature/{key}", record[key], record["step"])
+        if signals is not None:
+            for record in signals.to_records():
+                for key, value in record.items():
+                    if key not in ("step", "probe_size", "batch_size") and _finite(value):
+                        writer.add_scalar(f"signals/{key}", value, record["step"])
         if gradient_health is not None and gradient_health.monitor is not None:
             for record in gradient_health.monitor.history:
                 for layer, stats in record.layers.items():
