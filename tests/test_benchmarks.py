@@ -28,6 +28,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
             "PyHessian",
         ),
         ("landscape.py", ["--resolution", "5", "--repeats", "1"], "vmap"),
+        ("signals.py", ["--steps", "2", "--repeats", "1", "--probes", "2"], "TrainingSignals"),
         (
             "train_throughput.py",
             ["--cases", "digits-mlp-b256", "--epochs", "1", "--repeats", "1"],
