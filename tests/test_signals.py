@@ -380,6 +380,13 @@ def test_diagnosis_flags_what_holds_in_most_records_and_nothing_else():
     assert diagnose_signals(_records(snr=[1.0, 2.0, 0.5], alpha=[0.0, 0.3, -0.2]), 32) == []
     assert diagnose_signals(_records(snr=[0.01, 0.01], alpha=[3.0, 3.0]), 32) == []  # too few
     assert diagnose_signals(_records(snr=[None] * 4, alpha=[None] * 4), 32) == []
+    climbing = _records(loss=[2.0, 9.0, 1.0, 30.0], loss_before=[1.0, 3.0, 2.0, 10.0])
+    (finding,) = diagnose_signals(climbing, 32)
+    assert finding.kind == "loss_rising" and finding.step == 10 and finding.value == 3.0
+    assert "lower it" in finding.advice
+    # rounding near a minimum is no rise; falls in most records are none either
+    flat = _records(loss=[1.00001, 0.5, 1.0, 0.2], loss_before=[1.0, 1.0, 1.0, 1.0])
+    assert diagnose_signals(flat, 32) == []
 
 
 def test_module_doctests():

@@ -49,6 +49,7 @@ from ravine.probe.gradients import Finding, unmonitored
 __all__ = [
     "INNER_PRODUCT_THETA",
     "LARGE_BATCH_SNR",
+    "LOSS_RISE",
     "NOISY_SNR",
     "NORM_TEST_THETA",
     "ORTHOGONALITY_NU",
@@ -101,19 +102,31 @@ UNDERSHOOT_ALPHA = -0.9
 """alpha below -0.9: the step covered less than a tenth of the way to the minimum along its
 own direction."""
 
+LOSS_RISE = 1e-3
+"""An update raised the probe-batch loss when the loss after it exceeds the loss before it
+(same batch, so no sampling noise between the two) by more than this fraction; the margin
+keeps float rounding near a minimum from counting. When most updates do, the run climbs: a
+direct observation, which catches what alpha's quadratic can miss (a ReLU network's loss is
+nearly piecewise linear along a long step, so its slopes can look tame while it diverges)."""
+
 _MIN_RECORDS = 3  # a finding needs at least this many records that show the quantity
 _PER_SAMPLE_BUDGET = 1 << 24  # numbers of per-sample gradients held at once (64 MB in fp32)
 
 _ADVICE = {
     "noisy_gradients": (
-        "batch too small for this noise level: use a batch nearer the noise scale, or a "
-        "lower (or decaying) learning rate to average the noise out"
+        "batch too small for this noise level: a decaying learning rate (cosine, steps) "
+        "averages the noise out as training settles; a batch nearer the noise scale does it "
+        "per update, at more examples each"
     ),
     "batch_larger_than_needed": (
         "a smaller batch with more updates (and a learning rate retuned for it) would reach "
         "the same loss with fewer examples"
     ),
     "overshooting": "steps overshoot: lower the learning rate (or warm it up, or clip)",
+    "loss_rising": (
+        "the learning rate is too large for this region: lower it (or warm it up, or clip "
+        "gradients)"
+    ),
     "undershooting": "steps are short: raise the learning rate",
 }
 
@@ -665,7 +678,9 @@ def diagnose_signals(records: list[dict[str, Any]], batch_size: int) -> list[Fin
       scale, or the signal is gone);
     - ``batch_larger_than_needed``: SNR above :data:`LARGE_BATCH_SNR`;
     - ``overshooting``: alpha above :data:`OVERSHOOT_ALPHA`;
-    - ``undershooting``: alpha below :data:`UNDERSHOOT_ALPHA`.
+    - ``undershooting``: alpha below :data:`UNDERSHOOT_ALPHA`;
+    - ``loss_rising``: the update raised the probe-batch loss (by more than
+      :data:`LOSS_RISE` of it).
 
     Each finding names the first record's step that shows it and the median value over the
     records that do. Returns the findings ordered by step.
@@ -712,6 +727,19 @@ def diagnose_signals(records: list[dict[str, Any]], batch_size: int) -> list[Fin
         lambda v, h, s: (
             f"median alpha {v:.2f} < {UNDERSHOOT_ALPHA:g} in {h} of {s} records: "
             "steps covered under a tenth of the way to the minimum along their direction"
+        ),
+    )
+
+    def rise(r: dict) -> float | None:
+        before, after = r.get("loss_before"), r.get("loss")
+        return after / before if before and after is not None and before > 0 else None
+
+    majority(
+        "loss_rising",
+        rise,
+        lambda v: v > 1 + LOSS_RISE,
+        lambda v, h, s: (
+            f"the probe-batch loss rose across {h} of {s} recorded updates (median x{v:.3g})"
         ),
     )
     findings.sort(key=lambda f: f.step)
