@@ -233,8 +233,21 @@ def test_alpha_in_one_dimension_is_lr_times_curvature_minus_one():
         assert step_alpha(abs(x - x_new), slope0, slope1) == pytest.approx(lr_a - 1)
     assert step_alpha(0.0, -1.0, -1.0) == -1.0  # did not move
     assert step_alpha(1.0, -1.0, -2.0) == -1.0  # concave and still falling: as Cockpit
-    # uphill from the start: the minimum is 0.5 behind it, the end 1.5 from it: (1 + 0.5) / 0.5
-    assert step_alpha(1.0, 1.0, 3.0) == pytest.approx(3.0)
+    # uphill from the start: the minimum is 0.5 behind it, s* = -0.5: 1 / -0.5 - 1, as Cockpit
+    assert step_alpha(1.0, 1.0, 3.0) == pytest.approx(-3.0)
+    assert step_alpha(1.0, 1.0, 0.5) == -1.0  # concave: -1 whatever the slope, as Cockpit
+    assert step_alpha(math.inf, -1.0, 1.0) is None and step_alpha(1.0, math.nan, 1.0) is None
+
+
+def test_alpha_matches_cockpits_formula_on_random_steps():
+    # Cockpit fits f(s) = w1 + w2 s + w3 s^2 to f(0), f(t), f'(0), f'(t) (exact on a quadratic)
+    # and returns 2 t / alpha_bar - 1 with alpha_bar = -w2 / w3, the far side of the parabola
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(50):
+        t, a = (torch.rand(2, generator=gen, dtype=torch.float64) * 2 + 0.1).tolist()
+        b = float(torch.randn(1, generator=gen, dtype=torch.float64))
+        slope0, slope1 = b, b + 2 * a * t  # f(s) = a s^2 + b s + c
+        assert step_alpha(t, slope0, slope1) == pytest.approx(2 * t / (-b / a) - 1, rel=1e-9)
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,7 +282,6 @@ def test_trace_per_block_matches_the_dense_hessian():
     off = float(h.square().sum() - diag.square().sum())
     tol = 5 * math.sqrt(2 * off / 400)
     assert record["trace"] == pytest.approx(float(diag.sum()), abs=tol)
-    assert sum(b["trace"] for b in record["blocks"].values()) == pytest.approx(record["trace"])
     for name, value in dense.items():
         assert record["blocks"][name]["trace"] == pytest.approx(value, abs=tol)
 
@@ -340,8 +352,7 @@ def test_records_inside_the_training_loop_survive_a_resume(tmp_path):
     assert len(whole.records) > len(killed.records) > 0
     assert [r["step"] for r in resumed.records] == [r["step"] for r in whole.records]
     for a, b in zip(resumed.records, whole.records, strict=True):
-        for key in ("loss", "alpha", "distance", "update_size", "noise_trace", "trace"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
+        assert a == b  # a resume is bit for bit the uninterrupted run
 
 
 def test_arguments_are_checked():
@@ -365,16 +376,28 @@ def _records(**columns) -> list[dict]:
 
 
 def test_diagnosis_flags_what_holds_in_most_records_and_nothing_else():
-    noisy = diagnose_signals(_records(snr=[0.02, 0.05, 0.5, 0.01], alpha=[0.1] * 4), 32)
+    stalled = [1.0, 0.9, 0.85, 0.84, 0.84, 0.83]  # fell by 1 % over the second half
+    noisy = diagnose_signals(
+        _records(snr=[0.02, 0.05, 0.5, 0.01, 0.02, 0.03], alpha=[0.1] * 6, loss=stalled), 32
+    )
     assert [f.kind for f in noisy] == ["noisy_gradients"]
     assert noisy[0].step == 10 and "batch too small" in noisy[0].advice
-    over = diagnose_signals(_records(snr=[1.0] * 3, alpha=[1.5, 2.0, 0.2]), 32)
-    assert [f.kind for f in over] == ["overshooting"] and "lower the learning rate" in over[
-        0
-    ].advice
-    assert over[0].value == pytest.approx(1.75)
-    short = diagnose_signals(_records(alpha=[-0.99, -0.95, -0.97]), 32)
+    assert "stalled" in noisy[0].message
+    # the same noise while the loss still falls (a healthy run nearing its minimum): no alarm
+    falling = [1.0, 0.5, 0.2, 0.1, 0.05, 0.02]
+    assert diagnose_signals(_records(snr=[0.01] * 6, alpha=[0.1] * 6, loss=falling), 32) == []
+    down = [True] * 3
+    over = diagnose_signals(_records(snr=[1.0] * 3, alpha=[1.5, 2.0, 0.2], descent=down), 32)
+    assert [f.kind for f in over] == ["overshooting"]
+    assert "lower the learning rate" in over[0].advice and over[0].value == pytest.approx(1.75)
+    # steps that went uphill on the probe batch say nothing about the step's length
+    uphill = _records(snr=[1.0] * 3, alpha=[-1.5, -2.0, -3.0], descent=[False] * 3)
+    assert diagnose_signals(uphill, 32) == []
+    short = diagnose_signals(_records(snr=[2.0] * 3, alpha=[-0.99, -0.95, -0.97], descent=down), 32)
     assert [f.kind for f in short] == ["undershooting"]
+    # short steps of a noisy gradient are what averages the noise: no undershooting then
+    noisy_short = _records(snr=[0.5] * 3, alpha=[-0.99, -0.95, -0.97], descent=down)
+    assert diagnose_signals(noisy_short, 32) == []
     large = diagnose_signals(_records(snr=[20.0, 50.0, 30.0]), 4096)
     assert [f.kind for f in large] == ["batch_larger_than_needed"]
     assert diagnose_signals(_records(snr=[1.0, 2.0, 0.5], alpha=[0.0, 0.3, -0.2]), 32) == []
@@ -418,3 +441,44 @@ def test_a_gradient_monitor_beside_the_signals_sees_the_training_batch_only():
 
     for a, b in zip(run(True), run(False), strict=True):
         assert a.layers == b.layers
+
+
+def test_a_diverged_network_gives_clean_records_and_no_alpha_finding():
+    import json
+
+    model, (x, y) = _mlp(), _batch()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    signals = TrainingSignals(F.cross_entropy, (x, y), every=1, batch_size=8, trace_probes=2)
+    signals.attach(model, opt)
+    for step in range(1, 5):
+        opt.zero_grad()
+        F.cross_entropy(model(x[:8]), y[:8]).backward()
+        opt.step()
+        if step == 2:
+            with torch.no_grad():
+                model[0].weight[0, 0] = math.nan  # what a loop without NaN checks lets through
+        signals(model, step)
+    json.dumps(signals.to_records(), allow_nan=False)  # JSON-clean: NaN became None
+    for record in signals.records[1:]:
+        assert record["alpha"] is None and record["loss"] is None
+    assert diagnose_signals(signals.records, 8) == []
+
+
+def test_probe_data_follows_the_models_precision():
+    model, (x, y) = _mlp(), _batch()  # a float64 model
+    signals = TrainingSignals(F.cross_entropy, (x.float(), y), every=1, batch_size=8)
+    signals.attach(model)
+    signals(model, 1)
+    with torch.no_grad():
+        expected = float(F.cross_entropy(model(x.float().double()), y))
+    assert signals.records[0]["loss"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_loss_summed_over_the_examples_is_warned_about():
+    model, (x, y) = _mlp(), _batch()
+
+    def summed(out, target):
+        return F.cross_entropy(out, target, reduction="sum")
+
+    with pytest.warns(RuntimeWarning, match="must average over the examples"):
+        gradient_noise(model, summed, (x, y), batch_size=8)

@@ -284,7 +284,9 @@ def test_a_run_shorter_than_k_writes_no_records_and_says_so(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     argv = ["train", "--epochs", "1", "--batch-size", "512", "--signals-every", "1000"]
     assert main([*argv, "--out", "run"]) == 0
-    assert "training signals: nothing flagged" in capsys.readouterr().out
+    assert "training signals: no record (the run had fewer than 1000 updates)" in (
+        capsys.readouterr().out
+    )
     assert (tmp_path / "run" / "signals.jsonl").read_text() == ""
     assert json.loads((tmp_path / "run" / "signals.json").read_text())["findings"] == []
     assert not (tmp_path / "run" / "signals.png").exists()  # nothing to draw

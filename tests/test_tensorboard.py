@@ -130,9 +130,7 @@ def test_training_signals_records(tmp_path):
     board = events(tmp_path / "tensorboard")
     records = signals.to_records()
     for key in ("alpha", "noise_trace", "norm_test", "distance", "trace"):
-        assert scalars(board, f"signals/{key}") == as_float32(
-            (r["step"], r[key]) for r in records
-        )
+        assert scalars(board, f"signals/{key}") == as_float32((r["step"], r[key]) for r in records)
     assert "signals/blocks" not in board.Tags()["scalars"]  # (not a number)
 
 

@@ -971,7 +971,11 @@ def _write_signals(signals, out: Path, console) -> None:
     findings = write_signals(signals, out)
     for finding in findings:
         console.print(finding_line(finding), markup=False, highlight=False, soft_wrap=True)
-    if not findings:
+    if not signals.records:
+        console.print(
+            f"training signals: no record (the run had fewer than {signals.every} updates)"
+        )
+    elif not findings:
         console.print("training signals: nothing flagged")
 
 

@@ -5,15 +5,17 @@
 Every ``every`` updates, on one fixed probe batch (so that changes come from the weights, not
 from the sample), :class:`TrainingSignals` records:
 
-* gradient noise: the trace of the per-example gradient covariance, the gradient noise scale
-  (McCandlish et al. 2018: the batch size at which noise and signal are equal), the step's
-  signal-to-noise ratio at the training batch size, and the mean per-parameter GSNR;
+* gradient noise: the trace of the per-example gradient covariance, the simple gradient noise
+  scale ``B_simple`` (McCandlish et al. 2018: the batch size at which the batch gradient's
+  noise equals its signal), the step's signal-to-noise ratio at the training batch size, and
+  the mean per-parameter GSNR;
 * batch-size tests: the norm test (Byrd et al. 2012) and the inner-product and orthogonality
   tests (Bollapragada et al. 2018), each as the radius it needs to pass at the training batch
   size and the batch size it suggests at its threshold;
 * alpha: where the last step landed on the local quadratic along its own direction (0: at the
   minimum, -1: it barely moved, +1: as high on the other side, above 1: higher than it
-  started, i.e. overshooting);
+  started, i.e. overshooting; below -1: the step went uphill from its start), and whether
+  the step was a descent direction on the probe batch;
 * the Hessian trace (Hutchinson), whole and per block;
 * the distance from the initialization and the size of the last update, whole and per block.
 
@@ -28,7 +30,8 @@ Notation (``n`` probe examples with gradients ``g_i``, their mean ``gbar``, trai
 ``b``): ``tr S = sum_i ||g_i - gbar||^2 / (n - 1)`` is the trace of the per-example gradient
 covariance; ``|G|^2 = ||gbar||^2 - tr S / n`` is the unbiased estimate of the squared norm of
 the true gradient. The loss must be a mean over examples (``F.cross_entropy``,
-``F.mse_loss``, the defaults), so that the batch gradient is the mean of the per-sample ones.
+``F.mse_loss``, the defaults), so that the batch gradient is the mean of the per-sample ones
+(a warning says when it is not).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ __all__ = [
     "NORM_TEST_THETA",
     "ORTHOGONALITY_NU",
     "OVERSHOOT_ALPHA",
+    "STALL_FALL",
     "UNDERSHOOT_ALPHA",
     "GradientNoise",
     "TrainingSignals",
@@ -79,15 +83,17 @@ Bollapragada, Byrd & Nocedal (2018)."""
 
 ORTHOGONALITY_NU = 5.84
 """The orthogonality test passes when the per-example gradients' components orthogonal to
-``gbar`` have ``E ||g_i^perp||^2 / b <= nu^2 ||gbar||^2``. ``nu = tan(80 deg) = 5.84`` as in
-Bollapragada, Byrd & Nocedal (2018): the batch gradient stays within 80 degrees of the true
-one."""
+``gbar`` have ``E ||g_i^perp||^2 / b <= nu^2 ||gbar||^2``: the batch gradient's angle to the
+true one has a tangent of at most about ``nu``, so 5.84 (the value of Bollapragada, Byrd &
+Nocedal 2018) allows up to ``arctan 5.84 = 80.3`` degrees."""
 
 NOISY_SNR = 0.1
 """A step whose signal-to-noise ratio ``b |G|^2 / tr S`` is below this (batch ``b`` ten times
-smaller than the noise scale) is mostly noise: in McCandlish et al.'s model a step then makes
-about ``SNR`` of the progress a noiseless one of the same learning rate would, and only a
-small learning rate keeps it stable."""
+smaller than the noise scale) is mostly noise: in McCandlish et al.'s model, each at its best
+learning rate, such a step makes about ``SNR / (1 + SNR)`` of the progress of a noiseless one.
+It is flagged only where the probe loss has also stopped falling: late in a healthy run the
+signal shrinks toward the minimum and the SNR with it, which is no problem while the loss
+still falls."""
 
 LARGE_BATCH_SNR = 10.0
 """Above this SNR (batch ten times the noise scale) an example buys little: the step is
@@ -109,6 +115,10 @@ keeps float rounding near a minimum from counting. When most updates do, the run
 direct observation, which catches what alpha's quadratic can miss (a ReLU network's loss is
 nearly piecewise linear along a long step, so its slopes can look tame while it diverges)."""
 
+STALL_FALL = 0.1
+"""The probe loss has stalled when it fell by less than this fraction over the second half of
+the records: then noise is what holds it up, and ``noisy_gradients`` is worth a word."""
+
 _MIN_RECORDS = 3  # a finding needs at least this many records that show the quantity
 _PER_SAMPLE_BUDGET = 1 << 24  # numbers of per-sample gradients held at once (64 MB in fp32)
 
@@ -127,7 +137,10 @@ _ADVICE = {
         "the learning rate is too large for this region: lower it (or warm it up, or clip "
         "gradients)"
     ),
-    "undershooting": "steps are short: raise the learning rate",
+    "undershooting": (
+        "steps are short along their own direction: if the loss falls slowly, try a larger "
+        "learning rate"
+    ),
 }
 
 
@@ -259,8 +272,8 @@ class GradientNoise:
     probe_size: int  # n
     batch_size: int  # b
     noise_trace: float  # tr S, per example
-    noise_scale: float | None  # B_noise = tr S / |G|^2, in examples
-    snr: float | None  # b |G|^2 / tr S = b / B_noise (0 when |G|^2 <= 0)
+    noise_scale: float | None  # B_simple = tr S / |G|^2, in examples
+    snr: float | None  # b |G|^2 / tr S = b / B_simple (0 when |G|^2 <= 0)
     gsnr: float | None  # mean over parameters of gbar_j^2 / Var_i(g_ij) (Liu et al. 2020)
     norm_test: float | None  # sqrt(tr S / (b ||gbar||^2)): passes when <= NORM_TEST_THETA
     inner_product_test: float | None  # sqrt(Var(g_i . gbar) / (b ||gbar||^4))
@@ -345,18 +358,22 @@ def _noise_and_mean(
     mean = {k: g.detach() for k, g in zip(leaves, grads, strict=True)}
     flat_mean = {k: m.reshape(-1) for k, m in mean.items()}
     g2 = sum(float(m.double().square().sum()) for m in flat_mean.values())
-    along = 0.0
+    along = crossed = 0.0
     squares = {k: torch.zeros_like(m) for k, m in flat_mean.items()}  # sum_i (g_ij - gbar_j)^2
+    shift = {k: torch.zeros_like(m) for k, m in flat_mean.items()}  # sum_i (g_ij - gbar_j)
     losses = []
     for chunk, loss in _chunks(model, loss_fn, params, x, y, chunk_size):
         dots = torch.zeros(len(loss), dtype=loss.dtype, device=loss.device)  # (g_i - gbar).gbar
         for k, g in chunk.items():
             centred = g.flatten(1) - flat_mean[k]  # (chunk, numel)
             dots += centred @ flat_mean[k]
+            shift[k] += centred.sum(0)
             squares[k] += centred.square_().sum(0)
         along += float(dots.double().square().sum())
+        crossed += float(dots.double().sum())
         losses.append(loss.detach().double())
     spread = sum(float(v.double().sum()) for v in squares.values())
+    _check_mean_loss(n, g2, spread, crossed, shift)
     per_example = torch.cat(losses)
     gsnr_values = []
     for k, m in flat_mean.items():
@@ -377,6 +394,24 @@ def _noise_and_mean(
     return noise, mean
 
 
+def _check_mean_loss(
+    n: int, g2: float, spread: float, crossed: float, shift: dict[str, Tensor]
+) -> None:
+    """Warn when the per-example gradients' mean is not the batch gradient: ``loss_fn`` then
+    does not average over the examples (``reduction="sum"``), and every quantity is off by the
+    batch size. ``shift`` is ``sum_i (g_i - gbar)``, zero up to rounding for a mean."""
+    drift = math.sqrt(sum(float(v.double().square().sum()) for v in shift.values())) / n
+    # sum_i ||g_i||^2 = spread + 2 sum_i (g_i - gbar) . gbar + n ||gbar||^2
+    typical = math.sqrt(max(spread + 2 * crossed + n * g2, 0.0) / n)
+    if math.isfinite(drift) and drift > 1e-3 * (typical + math.sqrt(g2)):
+        warnings.warn(
+            "the mean of the per-example gradients is not the batch gradient: loss_fn must "
+            "average over the examples (reduction='mean'), or the noise statistics are off",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
 def gradient_noise(
     model: nn.Module,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
@@ -388,20 +423,22 @@ def gradient_noise(
     """Gradient noise at the model's current weights, from the per-example gradients of the
     ``n`` examples of ``data``, read at the training batch size ``batch_size``.
 
-    The noise scale ``B_noise = tr S / |G|^2`` is the batch size at which the batch gradient's
-    noise (``tr S / b``) equals its signal: a batch much smaller is mostly noise, one much
-    larger gains little per example (McCandlish, Kaplan, Amodei et al., "An Empirical Model of
-    Large-Batch Training", 2018). The tests' radii are those of Byrd et al. (2012) and
-    Bollapragada, Byrd & Nocedal (2018), computed from the probe batch's per-example
-    covariance and scaled to ``batch_size`` (Cockpit reads them at its own batch, ``b = n``).
-    The model runs in its current mode (see :func:`per_sample_gradients`).
+    The simple noise scale ``B_simple = tr S / |G|^2`` is the batch size at which the batch
+    gradient's noise (``tr S / b``) equals its signal: a batch much smaller is mostly noise,
+    one much larger gains little per example (McCandlish, Kaplan, Amodei et al., "An
+    Empirical Model of Large-Batch Training", 2018; their ``B_noise`` also weighs the noise
+    by the Hessian). The tests' radii are those of Byrd et al. (2012) and Bollapragada, Byrd &
+    Nocedal (2018), computed from the probe batch's per-example covariance and scaled to
+    ``batch_size`` (Cockpit reads them at its own batch, ``b = n``). The model runs in its
+    current mode (see :func:`per_sample_gradients`). NaN or Inf (a diverged network) come
+    back as None, like the quantities without a finite value.
     """
     owner = "gradient_noise"
     x, y = _check_batch(data, owner)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"{owner}: batch_size must be a positive integer, got {batch_size!r}")
     noise, _ = _noise_and_mean(model, loss_fn, _trainable(model), x, y, batch_size, chunk_size)
-    return noise
+    return GradientNoise(**_finite(asdict(noise)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,31 +451,33 @@ def step_alpha(length: float, slope_before: float, slope_after: float) -> float 
     directional derivatives at its start and end (``g . d / |d|`` before and after the step).
 
     The quadratic's curvature along the step is the secant ``(slope_after - slope_before) /
-    length``; its minimum lies ``s* = -slope_before / curvature`` from the start. alpha is the
-    end's position relative to that minimum, ``(length - s*) / |s*|``: 0 at the minimum, -1 at
-    the start, +1 at the start's mirror image (as high as the start), above 1 higher than the
-    start. This is Cockpit's alpha (Schneider et al. 2021), which fits the same quadratic to
-    noisy values from two batches; measured on one batch at both ends, the derivatives are
-    exact and determine it. As in Cockpit, a step along which the loss is not convex (and
-    still falls at its start) is -1; a step of length 0 is -1 (it did not move).
+    length``; its minimum lies ``s* = -slope_before / curvature`` from the start (negative: the
+    minimum is behind the start, the step went uphill). alpha is ``length / s* - 1``: 0 at the
+    minimum, -1 at the start, +1 at the start's mirror image (as high as the start), above 1
+    higher than the start; below -1 for a step that went uphill from its start. This is
+    Cockpit's alpha (Schneider et al. 2021, ``2 t / alpha_bar - 1``), which fits the same
+    quadratic to noisy values from two batches; measured on one batch at both ends, the
+    derivatives are exact and determine it. As in Cockpit, a step along which the loss is not
+    convex is -1, and so is a step of length 0 (it did not move).
 
     Returns None where no quadratic describes the step: it starts at the minimum along its
-    direction (``slope_before == 0``), or it goes uphill on a concave line.
+    direction (``slope_before == 0``), or a number is not finite (a diverged network).
 
     >>> step_alpha(1.0, -2.0, 0.0)   # the gradient at the end is orthogonal: the minimum
     0.0
     >>> step_alpha(1.0, -2.0, 2.0)   # the slope reversed: as high on the other side
     1.0
     """
+    if not all(math.isfinite(v) for v in (length, slope_before, slope_after)):
+        return None
     if length == 0:
         return -1.0
     curvature = (slope_after - slope_before) / length
     if curvature <= 0:
-        return -1.0 if slope_before < 0 else None
+        return -1.0
     if slope_before == 0:
         return None
-    minimum = -slope_before / curvature
-    return (length - minimum) / abs(minimum)
+    return length / (-slope_before / curvature) - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -518,8 +557,8 @@ class TrainingSignals:
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Remember the initial weights (the loop calls this before the first update)."""
-        if self._initial is None:
-            self._initial = _flat(_trainable(model))
+        if self._initial is None:  # (host copies: no accelerator memory held between records)
+            self._initial = _flat(_trainable(model)).cpu()
             self._before, self._before_step = self._initial.clone(), 0
 
     def __call__(self, model: nn.Module, step: int) -> None:
@@ -529,7 +568,7 @@ class TrainingSignals:
         if step % self.every == 0:
             self.records.append(self._record(model, params, step))
         if (step + 1) % self.every == 0:
-            self._before, self._before_step = _flat(params), step
+            self._before, self._before_step = _flat(params).cpu(), step
 
     def findings(self) -> list[Finding]:
         return diagnose_signals(self.records, self.batch_size)
@@ -557,8 +596,12 @@ class TrainingSignals:
     def _record(self, model: nn.Module, params: dict[str, Tensor], step: int) -> dict[str, Any]:
         was_training = model.training
         model.eval()
-        device = next(iter(params.values())).device
-        x, y = (t.to(device) for t in self.data)
+        # The batch follows the model to its device, floating inputs to its precision.
+        first = next(iter(params.values()))
+        x, y = (
+            t.to(first.device, first.dtype) if t.is_floating_point() else t.to(first.device)
+            for t in self.data
+        )
         try:
             with torch.enable_grad(), unmonitored():  # (a gradient monitor sees training only)
                 return self._measure(model, params, x, y, step)
@@ -577,7 +620,7 @@ class TrainingSignals:
         g_now = torch.cat([mean[n].reshape(-1) for n in names])
 
         # alpha needs the step: the weights one update back, if this run kept them
-        alpha = update = loss_before = None
+        alpha = update = loss_before = slope0 = slope1 = None
         d = None
         if self._before is not None and self._before_step == step - 1:
             d = now - self._before.to(now.device)
@@ -591,12 +634,12 @@ class TrainingSignals:
                 [g.reshape(-1) for g in torch.autograd.grad(value, list(leaves.values()))]
             )
             loss_before = float(value.detach())
-            if update > 0:
+            if update > 0 and math.isfinite(update):
                 slope0 = float(g_before.double() @ d.double()) / update
                 slope1 = float(g_now.double() @ d.double()) / update
                 alpha = step_alpha(update, slope0, slope1)
-            else:
-                alpha = -1.0
+            elif update == 0:
+                alpha = -1.0  # it did not move (a skipped step, a zero learning rate)
 
         origin = self._initial.to(now.device) if self._initial is not None else now
         away = now - origin
@@ -630,6 +673,9 @@ class TrainingSignals:
             step=int(step),
             loss_before=loss_before,
             alpha=alpha,
+            slope_before=slope0,  # the probe loss's slope along the step, at its start
+            slope_after=slope1,  # ... and at its end
+            descent=None if slope0 is None or not math.isfinite(slope0) else slope0 < 0,
             update_size=update,
             distance=float(away.norm()),
             trace=trace,
@@ -675,12 +721,19 @@ def diagnose_signals(records: list[dict[str, Any]], batch_size: int) -> list[Fin
     records that measured it (at least three), so that one odd batch raises no alarm:
 
     - ``noisy_gradients``: SNR below :data:`NOISY_SNR` (the batch is far below the noise
-      scale, or the signal is gone);
+      scale, or no signal is left) while the probe loss has stopped falling (by less than
+      :data:`STALL_FALL` over the second half of the records);
     - ``batch_larger_than_needed``: SNR above :data:`LARGE_BATCH_SNR`;
-    - ``overshooting``: alpha above :data:`OVERSHOOT_ALPHA`;
-    - ``undershooting``: alpha below :data:`UNDERSHOOT_ALPHA`;
+    - ``overshooting``: a descent step's alpha above :data:`OVERSHOOT_ALPHA`;
+    - ``undershooting``: a descent step's alpha below :data:`UNDERSHOOT_ALPHA`, where the step
+      is mostly signal (SNR at least 1: with a noisy gradient short steps are what averages
+      the noise, not a fault);
     - ``loss_rising``: the update raised the probe-batch loss (by more than
       :data:`LOSS_RISE` of it).
+
+    alpha counts only steps that went downhill on the probe batch: a step that goes uphill
+    there (the training batch's gradient disagrees with the probe batch's, common when the
+    gradient is noisy) says something about noise, not about the step's length.
 
     Each finding names the first record's step that shows it and the median value over the
     records that do. Returns the findings ordered by step.
@@ -688,45 +741,66 @@ def diagnose_signals(records: list[dict[str, Any]], batch_size: int) -> list[Fin
     findings: list[Finding] = []
 
     def majority(kind: str, value: Callable[[dict], float | None], test, say) -> None:
-        seen = [(r["step"], v) for r in records if (v := value(r)) is not None]
+        seen = [(r, v) for r in records if (v := value(r)) is not None]
         if len(seen) < _MIN_RECORDS:
             return
-        hits = [(s, v) for s, v in seen if test(v)]
+        hits = [(r, v) for r, v in seen if test(v)]
         if len(hits) * 2 <= len(seen):
             return
         median = _median([v for _, v in hits])
-        message = say(median, len(hits), len(seen))
-        findings.append(Finding(kind, "network", hits[0][0], median, message, _ADVICE[kind]))
+        message = say(median, [r for r, _ in hits], len(seen))
+        step = hits[0][0]["step"]
+        findings.append(Finding(kind, "network", step, median, message, _ADVICE[kind]))
 
-    def noise_words(value: float, hits: int, seen: int) -> str:
-        scales = [r["noise_scale"] for r in records if r.get("noise_scale") is not None]
-        scale = f"noise scale ~{_median(scales):.0f} examples" if scales else "no signal left"
+    def noise_words(value: float, hits: list[dict], seen: int) -> str:
+        scales = [r["noise_scale"] for r in hits if r.get("noise_scale") is not None]
+        scale = (
+            f"noise scale ~{_median(scales):,.0f} examples"
+            if scales
+            else "no signal above the noise"
+        )
         return (
-            f"signal-to-noise {value:.2g} at batch {batch_size} in {hits} of {seen} records "
-            f"({scale})"
+            f"signal-to-noise {value:.2g} at batch {batch_size} in {len(hits)} of {seen} "
+            f"records ({scale})"
         )
 
-    def alpha(r: dict) -> float | None:
-        return r.get("alpha")
+    def descent_alpha(r: dict) -> float | None:
+        return r.get("alpha") if r.get("descent") else None
 
-    majority("noisy_gradients", _snr, lambda v: v < NOISY_SNR, noise_words)
+    def signal_alpha(r: dict) -> float | None:
+        snr = _snr(r)
+        return descent_alpha(r) if snr is not None and snr >= 1 else None
+
+    stall = _stall(records)
+    if stall is not None:
+        start, end = stall
+        majority(
+            "noisy_gradients",
+            _snr,
+            lambda v: v < NOISY_SNR,
+            lambda v, hits, seen: (
+                noise_words(v, hits, seen)
+                + f", and the probe loss stalled ({start:.3g} to {end:.3g} over the second half)"
+            ),
+        )
     majority("batch_larger_than_needed", _snr, lambda v: v > LARGE_BATCH_SNR, noise_words)
     majority(
         "overshooting",
-        alpha,
+        descent_alpha,
         lambda v: v > OVERSHOOT_ALPHA,
-        lambda v, h, s: (
-            f"median alpha {v:.2f} > {OVERSHOOT_ALPHA:g} in {h} of {s} records: "
-            "the loss along each step rose past where it started"
+        lambda v, hits, seen: (
+            f"median alpha {v:.2f} > {OVERSHOOT_ALPHA:g} in {len(hits)} of "
+            f"{seen} downhill steps: the loss along each rose past where it started"
         ),
     )
     majority(
         "undershooting",
-        alpha,
+        signal_alpha,
         lambda v: v < UNDERSHOOT_ALPHA,
-        lambda v, h, s: (
-            f"median alpha {v:.2f} < {UNDERSHOOT_ALPHA:g} in {h} of {s} records: "
-            "steps covered under a tenth of the way to the minimum along their direction"
+        lambda v, hits, seen: (
+            f"median alpha {v:.2f} < {UNDERSHOOT_ALPHA:g} in {len(hits)} of "
+            f"{seen} downhill steps with a clear signal: each covered under a tenth of the way to "
+            "the minimum along its direction"
         ),
     )
 
@@ -738,12 +812,23 @@ def diagnose_signals(records: list[dict[str, Any]], batch_size: int) -> list[Fin
         "loss_rising",
         rise,
         lambda v: v > 1 + LOSS_RISE,
-        lambda v, h, s: (
-            f"the probe-batch loss rose across {h} of {s} recorded updates (median x{v:.3g})"
+        lambda v, hits, seen: (
+            f"the probe-batch loss rose across {len(hits)} of {seen} "
+            f"recorded updates (median x{v:.3g})"
         ),
     )
     findings.sort(key=lambda f: f.step)
     return findings
+
+
+def _stall(records: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """``(loss at the middle record, loss at the last)`` when the probe loss fell by less than
+    :data:`STALL_FALL` over the second half of the records; None when it still falls."""
+    losses = [r["loss"] for r in records if r.get("loss") is not None]
+    if len(losses) < 2 * _MIN_RECORDS:
+        return None
+    middle, last = losses[len(losses) // 2], losses[-1]
+    return (middle, last) if last > (1 - STALL_FALL) * middle else None
 
 
 def _snr(record: dict[str, Any]) -> float | None:

@@ -132,9 +132,16 @@ def _loss_panel(ax: Axes, steps: np.ndarray, records) -> None:
 def _alpha_panel(ax: Axes, steps: np.ndarray, records) -> None:
     alpha = _series(records, "alpha")
     ok = np.isfinite(alpha)
-    if ok.any():
-        ax.plot(steps[ok], alpha[ok], "o", color="tab:purple", ms=3.5, alpha=0.6, label="α")
-    else:
+    # A step that went uphill on the probe batch (the training batch's gradient disagreed):
+    # hollow, since its alpha (below -1) speaks of noise, not of the step's length.
+    uphill = np.array([r.get("descent") is False for r in records], dtype=bool) & ok
+    down = ok & ~uphill
+    if down.any():
+        ax.plot(steps[down], alpha[down], "o", color="tab:purple", ms=3.5, alpha=0.6, label="α")
+    if uphill.any():
+        ax.plot(steps[uphill], alpha[uphill], "o", mfc="none", color="tab:purple", ms=3.5,
+                alpha=0.6, label="α of an uphill step")  # fmt: skip
+    if not ok.any():
         _no_data(ax, "α not measured (no step seen yet)")
     if ok.sum() > 2:
         ax.plot(
@@ -157,8 +164,8 @@ def _alpha_panel(ax: Axes, steps: np.ndarray, records) -> None:
     bottom = min(-2.0, 1.5 * float(finite.min())) if finite.size else -2.0
     ax.set_ylim(bottom, top)
     _plain_symlog_ticks(ax, bottom, top)
-    ax.set_ylabel("α (above 1: overshooting)")
-    key_above(ax, "Step size α along the update (local quadratic fit)")
+    ax.set_ylabel("α (above 1: overshooting; below −1: uphill)")
+    key_above(ax, "Step size α along the update (local quadratic)")
 
 
 def _movement_panel(ax: Axes, steps: np.ndarray, records) -> None:
@@ -178,8 +185,8 @@ def _noise_panel(ax: Axes, steps: np.ndarray, records) -> None:
     scale = _series(records, "noise_scale")
     snr = _series(records, "snr")
     batch = _first(records, "batch_size")
-    _line(ax, steps, scale, "o-", color="tab:red", label="B_noise = tr Σ / ‖G‖²")
-    # B_noise None with an SNR of 0: the noise swamps the mean gradient; marked at the top.
+    _line(ax, steps, scale, "o-", color="tab:red", label="B_simple = tr Σ / ‖G‖²")
+    # B_simple None with an SNR of 0: the noise swamps the mean gradient; marked at the top.
     unbounded = np.array([r.get("noise_scale") is None for r in records]) & (snr == 0)
     if unbounded.any():
         ax.plot(
@@ -199,11 +206,11 @@ def _noise_panel(ax: Axes, steps: np.ndarray, records) -> None:
         values = np.append(values, b)
     drawn = _log_y(ax, values)
     if drawn and batch is not None:
-        # The same curve read as the step's signal-to-noise ratio at batch b: b / B_noise.
+        # The same curve read as the step's signal-to-noise ratio at batch b: b / B_simple.
         right = ax.secondary_yaxis("right", functions=(lambda v: b / np.maximum(v, 1e-300),) * 2)
         low, high = ax.get_ylim()
         log_labels(right.yaxis, b / high, b / low)
-        right.set_ylabel("SNR at batch b = b / B_noise")
+        right.set_ylabel("SNR at batch b = b / B_simple")
     if not drawn and not unbounded.any():
         _no_data(ax, "not measured")
     ax.set_ylabel("examples")
