@@ -140,7 +140,7 @@ def test_missing_values_leave_gaps_not_zeros(tmp_path, drawn):
     assert len(points) == len(records) - 1 and 0.0 not in points  # the None is left out
     assert alpha.get_yscale() == "symlog"
     noise = panel(fig, "Gradient noise scale")
-    assert np.isnan(ydata(noise, "B_noise = tr Σ / ‖G‖²")[6])
+    assert np.isnan(ydata(noise, "B_simple = tr Σ / ‖G‖²")[6])
     assert len(ydata(noise, "unbounded: noise dominates")) == 1  # marked at the top instead
     assert ydata(noise, "training batch b = 64").tolist() == [64.0, 64.0]
     # The trace where it was measured (every third record), with its stderr band.
@@ -309,3 +309,16 @@ def test_bad_signals_every_is_one_line_and_exit_2(argv, message, tmp_path, monke
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert not (tmp_path / "ravine-runs").exists()  # refused before anything was written
+
+
+def test_uphill_steps_are_drawn_apart_from_downhill_ones(tmp_path, drawn):
+    records = fake_records()
+    for i, record in enumerate(records):
+        record["descent"] = i % 3 != 0  # every third step went uphill on the probe batch
+        if not record["descent"]:
+            record["alpha"] = -2.5  # below -1: what Cockpit's alpha gives an uphill step
+    dashboard.plot_signals(records, tmp_path / "signals.png")
+    (fig,) = drawn
+    alpha = panel(fig, "Step size α")
+    assert ydata(alpha, "α of an uphill step").tolist() == [-2.5] * 4
+    assert -2.5 not in ydata(alpha, "α").tolist() and len(ydata(alpha, "α")) == 8
