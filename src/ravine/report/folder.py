@@ -518,7 +518,11 @@ def _signals_lines(path: Path) -> list[str]:
             "each step)"
         )
     elif last.get("snr") is not None:
-        lines.append(f"{at}: the gradient noise swamps the mean gradient (noise scale unbounded)")
+        lines.append(
+            f"{at}: the gradient noise swamps the mean gradient (noise scale unbounded: the "
+            "true gradient's estimate is not above zero; the tests below measure against the "
+            "probe batch's own mean gradient, so they can still pass)"
+        )
     thresholds = document.get("thresholds")
     if not isinstance(thresholds, dict) or not all(
         isinstance(thresholds.get(k), int | float) for k in _SIGNAL_TESTS
@@ -539,12 +543,18 @@ def _signals_lines(path: Path) -> list[str]:
         )
     if tests:
         lines.append(f"batch-size tests {at}, radius at batch {batch}: " + ", ".join(tests))
-    alphas = [r["alpha"] for r in records if isinstance(r.get("alpha"), int | float)]
+    alphas = [
+        r["alpha"]
+        for r in records
+        if isinstance(r.get("alpha"), int | float) and r.get("descent") is not False
+    ]
+    uphill = sum(1 for r in records if r.get("descent") is False)
     if alphas:
         lines.append(
-            f"step size alpha: median {statistics.median(alphas):.3g} over {len(alphas)} records "
-            "(0: the step lands at the minimum along its direction; -1: barely moved; above 1: "
-            "overshooting)"
+            f"step size alpha: median {statistics.median(alphas):.3g} over {len(alphas)} "
+            "downhill steps (0: the step lands at the minimum along its direction; -1: barely "
+            "moved; above 1: overshooting)"
+            + (f"; {uphill} steps went uphill on the probe batch" if uphill else "")
         )
     distance = num(last.get("distance"))
     if distance is not None:
