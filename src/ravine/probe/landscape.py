@@ -4,7 +4,10 @@ Every grid point is a parameter set ``theta + sum_k c_k d_k`` (a base point plus
 combination of directions). The points are evaluated *batched*: a chunk of coefficient rows
 is turned into a chunk of parameter sets inside :func:`torch.func.vmap` and run through the
 model with :func:`torch.func.functional_call` in one forward pass, in eval mode — not one
-model at a time (DESIGN principle 5).
+model at a time (DESIGN principle 5). The exception is a plain stack of Linear layers and
+activations (an MLP), where the work the points share is done once (the first layer's
+products) and the rest runs point by point, each point's activation in cache: on a CPU that
+beat every batched form measured (see :func:`evaluate_points`).
 
 Three views share that kernel:
 
@@ -330,10 +333,11 @@ def evaluate_points(
         fold_first_linear: when the model starts with a ``Linear`` layer (a ``Sequential``,
             perhaps after ``Flatten``), compute its products once —
             ``x (W + sum c_k D_k)^T = x W^T + sum c_k x D_k^T`` — instead of per point.
-            ``None`` (default): fold whenever the model allows it; on this CPU (digits MLP
-            64-128-128-10, 51x51 grid, quiet machine) folding made the batched surface 2.6x
-            faster than without it (3.4 s vs 9.1 s; the point-by-point loop took 4.4 s), since
-            the first layer holds most of the multiply-adds (``benchmarks/landscape.py``).
+            ``None`` (default): fold whenever the model allows it. A stack of Linear layers
+            and elementwise activations then runs without vmap, each point's later layers
+            one ``addmm`` each on an activation that stays in cache: on this CPU (digits MLP
+            64-128-128-10, 51x51 grid) faster than loss-landscapes' loop and than the general
+            vmap path at 1 and 2 threads (README's table from ``benchmarks/landscape.py``).
 
     Returns:
         ``(loss, accuracy)``, each ``(N,)``; accuracy is ``None`` unless the output is
