@@ -32,6 +32,7 @@ Without PyHessian installed (``pip install -e ".[benchmarks]"``) its columns say
 
     python benchmarks/curvature_hvps.py                 # k = 5, tol = 1e-3, seed 0, 3 repeats
     python benchmarks/curvature_hvps.py --threads 1 --seeds 0,1
+    python benchmarks/curvature_hvps.py --repeats 2 --markdown   # also README's tables
 """
 
 from __future__ import annotations

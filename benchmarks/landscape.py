@@ -19,7 +19,8 @@ even columns step along the second direction before evaluating, odd ones after, 
 points are offset by one step (``j + 1 - steps/2`` vs ``j - steps/2``). Without the package
 installed (``pip install -e ".[benchmarks]"``) its rows say so.
 
-Run: ``python benchmarks/landscape.py [--resolution 51] [--repeats 3] [--threads 1,2]``
+Run: ``python benchmarks/landscape.py [--resolution 51] [--repeats 3] [--threads 1,2]
+[--markdown]`` (``--markdown``: also README's table)
 """
 
 from __future__ import annotations
