@@ -345,7 +345,7 @@ class HessianOperator:
             # autograd's is_grads_batched measured no faster per vector (33-41 ms against 36
             # ms on the MLP 64-128-128-10, all digits): the products are already matrix-matrix.
             # Each column contiguous (a column of a (dim, p) block strides by p, and autograd's
-            # backward over it measured ~10% slower per vector); the result is (dim, p) too.
+            # backward over it measured 20-30% slower per vector); the result is (dim, p) too.
             product = self._pullback(index)
             return torch.stack([product(u) for u in block.T.contiguous()]).T
         x = self.point
