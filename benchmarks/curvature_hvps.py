@@ -32,6 +32,7 @@ Without PyHessian installed (``pip install -e ".[benchmarks]"``) its columns say
 
     python benchmarks/curvature_hvps.py                 # k = 5, tol = 1e-3, seed 0, 3 repeats
     python benchmarks/curvature_hvps.py --threads 1 --seeds 0,1
+    python benchmarks/curvature_hvps.py --repeats 2 --markdown   # also README's tables
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=80, help="SLQ Lanczos steps")
     parser.add_argument("--probes", type=int, default=4, help="SLQ probes")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--markdown", action="store_true", help="also README's tables")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,6 +167,8 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         bench_seed(seed, args, x, y, rows, per_product)
     report(args, rows, per_product)
+    if args.markdown:
+        markdown(args, rows, per_product)
 
 
 def bench_seed(seed: int, args, x, y, rows: list, per_product: list) -> None:
@@ -318,6 +322,46 @@ def report(args, rows: list, per_product: list) -> None:
                 if "PyHessian" in got:
                     print(f"seed {seed} {what}: PyHessian / {lib} wall time = "
                           f"{got['PyHessian'] / got[lib]:.2f}x")  # fmt: skip
+
+
+def markdown(args, rows: list, per_product: list) -> None:
+    """README's two tables (a seed column only with several seeds)."""
+    seeds = len({r[0] for r in rows}) > 1
+    lead = "| seed " if seeds else ""
+    shown = {
+        "ravine, one vector": "ravine, one vector (kept graph)",
+        "PyHessian, one vector": "PyHessian, one vector (kept graph)",
+    }
+    print(f"\n{lead}| per product | ms |\n{'|---' * (2 + seeds)}|")
+    for seed, what, t in per_product:
+        cell = "not installed" if t is None else f"{1e3 * t:.2f}"
+        print(f"{f'| {seed} ' if seeds else ''}| {shown.get(what, what)} | {cell} |")
+    tol = f"{args.tol:.0e}".replace("e-0", "e-")
+    library = {
+        ("top-1", "ravine"): f"ravine (Lanczos, tol {tol})",
+        ("top-1", "ravine 1e-2"): "ravine (Lanczos, tol 1e-2)",
+        ("top-1", "PyHessian"): f"PyHessian (power iteration, tol {tol})",
+        (f"top-{args.k}", "ravine"): f"ravine (Lanczos, tol {tol})",
+        (f"top-{args.k}", "PyHessian"): "PyHessian (deflated power iteration)",
+        ("trace", "PyHessian"): "PyHessian (Hutchinson, its stopping rule)",
+        ("trace", "ravine"): "ravine (Hutchinson, as many probes)",
+        ("trace", "ravine++"): "ravine (Hutch++, as many HVPs)",
+        (
+            "density",
+            "ravine",
+        ): f"ravine (SLQ, {args.probes} probes x {args.steps} steps in lockstep)",
+        ("density", "PyHessian"): "PyHessian (SLQ, same probes and steps)",
+    }
+    order = ["top-1", f"top-{args.k}", "trace", "density"]
+    print(f"\n{lead}| estimator | library | seconds | PyHessian / this | HVPs | rel. error |")
+    print("|---" * (6 + seeds) + "|")
+    for seed, what, lib, t, hvps, err in sorted(
+        rows, key=lambda r: (r[0], order.index(r[1]), r[2] != "ravine", r[2] == "PyHessian")
+    ):
+        theirs = [r[3] for r in rows if r[0] == seed and r[1] == what and r[2] == "PyHessian"]
+        ratio = "1.00x" if lib == "PyHessian" else (f"{theirs[0] / t:.2f}x" if theirs else "-")
+        print(f"{f'| {seed} ' if seeds else ''}| {what} | {library[(what, lib)]} | {t:.3f} | "
+              f"{ratio} | {hvps} | {err:.1e} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ even columns step along the second direction before evaluating, odd ones after, 
 points are offset by one step (``j + 1 - steps/2`` vs ``j - steps/2``). Without the package
 installed (``pip install -e ".[benchmarks]"``) its rows say so.
 
-Run: ``python benchmarks/landscape.py [--resolution 51] [--repeats 3] [--threads 1,2]``
+Run: ``python benchmarks/landscape.py [--resolution 51] [--repeats 3] [--threads 1,2]
+[--markdown]`` (``--markdown``: also README's table)
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     parser.add_argument("--chunk-size", type=int, default=None, help="default: ravine's")
+    parser.add_argument("--markdown", action="store_true", help="also README's table")
     args = parser.parse_args()
 
     data = load_dataset("digits")
@@ -146,6 +148,7 @@ def main() -> None:
         f"{n}x{n} surface, MLP 64-128-128-10, {len(x)} examples, torch {torch.__version__}, "
         f"best of {args.repeats}, interleaved"
     )
+    table: dict[int, tuple[dict, dict, float]] = {}  # threads -> best, errors, baseline
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         best, out = dict.fromkeys(fns, float("inf")), {}
@@ -170,6 +173,43 @@ def main() -> None:
             print(f"{key:<40}{t:>9.3f}{base_t / t:>19.2f}x{err:>13.1e}  {ref[key]}")
         if loss_landscapes is None:
             print(f"{'loss-landscapes random_plane':<40}{'not installed':>9}")
+        errors = {key: float(np.abs(out[key] - out[ref[key]]).max()) for key in best}
+        table[threads] = (best, errors, base_t)
+    if args.markdown:
+        markdown(table, ref, base_name)
+
+
+MARKDOWN = {  # README's names of the rows, in README's order
+    "loss-landscapes random_plane": (
+        "loss-landscapes `random_plane` (in-place steps, one forward per point)"
+    ),
+    "ravine, loss-landscapes' points": "ravine, `evaluate_points` on loss-landscapes' own points",
+    "ravine surface() (default)": "ravine `surface()` (default: first layer folded, point by point)",
+    "ravine, general vmap path": "ravine, general `vmap` path",
+    "plain loop (copy each point's weights)": "plain loop (copy each point's weights, one forward)",
+}
+
+
+def markdown(table: dict, ref: dict, base_name: str) -> None:
+    """README's table: seconds and the ratio to the baseline per thread count."""
+    head = "| method |"
+    for threads in table:
+        head += f" {threads} thread{'s' if threads > 1 else ''} s | vs {base_name} |"
+    print(f"\n{head} max \\|dloss\\| |\n{'|---' * (2 + 2 * len(table))}|")
+    for key, name in MARKDOWN.items():
+        if key not in next(iter(table.values()))[0]:
+            continue
+        line = f"| {name} |"
+        for best, _, base_t in table.values():
+            line += f" {best[key]:.3f} | {base_t / best[key]:.2f}x |"
+        err = max(errors[key] for _, errors, _ in table.values())
+        if ref[key] == key:
+            shown = "(reference)"
+        elif ref[key].startswith("plain loop"):
+            shown = f"{err:.1e} vs loop"
+        else:
+            shown = f"{err:.1e}"
+        print(f"{line} {shown} |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ Every grid point is a parameter set ``theta + sum_k c_k d_k`` (a base point plus
 combination of directions). The points are evaluated *batched*: a chunk of coefficient rows
 is turned into a chunk of parameter sets inside :func:`torch.func.vmap` and run through the
 model with :func:`torch.func.functional_call` in one forward pass, in eval mode — not one
-model at a time (DESIGN principle 5).
+model at a time (DESIGN principle 5). The exception is a plain stack of Linear layers and
+activations (an MLP), where the work the points share is done once (the first layer's
+products) and the rest runs point by point, each point's activation in cache: on a CPU that
+beat every batched form measured (see :func:`evaluate_points`).
 
 Three views share that kernel:
 
@@ -330,10 +333,11 @@ def evaluate_points(
         fold_first_linear: when the model starts with a ``Linear`` layer (a ``Sequential``,
             perhaps after ``Flatten``), compute its products once —
             ``x (W + sum c_k D_k)^T = x W^T + sum c_k x D_k^T`` — instead of per point.
-            ``None`` (default): fold whenever the model allows it; on this CPU (digits MLP
-            64-128-128-10, 51x51 grid, quiet machine) folding made the batched surface 2.6x
-            faster than without it (3.4 s vs 9.1 s; the point-by-point loop took 4.4 s), since
-            the first layer holds most of the multiply-adds (``benchmarks/landscape.py``).
+            ``None`` (default): fold whenever the model allows it. A stack of Linear layers
+            and elementwise activations then runs without vmap, each point's later layers
+            one ``addmm`` each on an activation that stays in cache: on this CPU (digits MLP
+            64-128-128-10, 51x51 grid) faster than loss-landscapes' loop and than the general
+            vmap path at 1 and 2 threads (README's table from ``benchmarks/landscape.py``).
 
     Returns:
         ``(loss, accuracy)``, each ``(N,)``; accuracy is ``None`` unless the output is
@@ -441,13 +445,16 @@ def _plain_mlp(split: tuple[str, nn.Linear, list[tuple[str, nn.Module]]]):
 
 
 def _mlp_points(model, loss_fn, x, y, base, dirs, coeffs, layers, chunk_size, classify):
-    """:func:`evaluate_points` for a Linear/activation stack, without vmap: a chunk of ``P``
-    points is one ``(P, n, width)`` activation tensor; each Linear's per-point weights
-    ``W + sum_k c_k D_k`` come from one small matrix product and the layer is one fused
-    ``baddbmm``; the first layer's products are computed once (``x W^T``, ``x D_k^T``) and
-    combined per point with one ``addmm``. The point-by-point loop of loss-landscapes keeps a
-    ``(n, width)`` activation in cache; chunks of a few points keep that locality while
-    dropping the per-point overhead."""
+    """:func:`evaluate_points` for a Linear/activation stack, without vmap. The first layer's
+    products are computed once (``x W^T``, ``x D_k^T``), so a point's first activation is one
+    ``addmm`` of them; each later Linear's weights ``W + sum_k c_k D_k`` for a chunk of points
+    come from one small matrix product; then the points run one by one, each layer one
+    ``addmm`` on a ``(n, width)`` activation, as loss-landscapes' loop does.
+
+    Point by point, not as one ``(P, n, width)`` batch through ``baddbmm``: the batch (29 MB
+    for 32 points of the digits MLP) falls out of cache between layers, and its batched
+    products were 10-35% slower than the loop at 1 and 2 threads, while a point's activation
+    (0.9 MB) stays in cache and a plain matrix product uses both threads well."""
     dtype = next(iter(base.values())).dtype
     coeffs = coeffs.to(dtype)
     k = len(dirs)
@@ -469,38 +476,46 @@ def _mlp_points(model, loss_fn, x, y, base, dirs, coeffs, layers, chunk_size, cl
     _, width0, _, (w0, dw0), bias0, _ = plans[0]
     first = torch.nn.functional.linear
     h0 = first(x, w0.view(width0, -1), None if bias0 is None else bias0[0])  # (n, width)
-    hk = torch.stack([first(x, d.view(width0, -1)) for d in dw0]) if k else None
-    if bias0 is not None and k:
-        hk = hk + bias0[1][:, None, :]  # each direction moves the bias too
-    hk_flat = hk.reshape(k, -1) if k else None
+    h0_flat = h0.reshape(1, -1)  # (1, n width)
+    if k:
+        hk = torch.stack([first(x, d.view(width0, -1)) for d in dw0])  # (k, n, width)
+        if bias0 is not None:
+            hk = hk + bias0[1][:, None, :]  # each direction moves the bias too
+        hk_flat = hk.reshape(k, -1)
+
+    def per_point(c: Tensor, value: Tensor, directions: Tensor) -> Tensor:
+        # (P, numel): a chunk's values of one parameter, base + c @ directions
+        return torch.addmm(value[None], c, directions) if k else value[None].expand(len(c), -1)
 
     losses, accs = [], []
     for start in range(0, coeffs.shape[0], chunk_size):
         c = coeffs[start : start + chunk_size]  # (P, k)
-        p = c.shape[0]
-        flat0 = h0.reshape(1, -1).expand(p, -1)
-        h = torch.addmm(flat0, c, hk_flat) if k else flat0.clone()
-        h = h.view(p, n, width0)
+        steps = []  # ("act", module) or ("linear", weights (P, out, in), biases (P, out) | None)
         for plan in plans[1:]:
             if plan[0] == "act":
-                # h is this chunk's own temporary: ReLU in place saves a pass over memory.
-                h = torch.relu_(h) if type(plan[1]) is nn.ReLU else plan[1](h)
+                steps.append(plan)
                 continue
-            _, out_f, in_f, (w, dw), bias, _ = plan
-            weights = torch.addmm(w[None], c, dw) if k else w[None].expand(p, -1)
-            weights = weights.view(p, out_f, in_f)
-            if bias is not None:
-                b = torch.addmm(bias[0][None], c, bias[1]) if k else bias[0][None].expand(p, -1)
-                h = torch.baddbmm(b[:, None, :], h, weights.transpose(1, 2))
-            else:
-                h = torch.bmm(h, weights.transpose(1, 2))
-        losses.append(torch.func.vmap(lambda out: loss_fn(out, y))(h))
-        if classify and h.shape[-1] > 1:
-            accs.append((h.argmax(dim=-1) == y).float().mean(dim=-1))  # as the vmap path
-    loss = torch.cat(losses) if losses else coeffs.new_zeros(0)
+            _, out_f, in_f, w, bias, _ = plan
+            weights = per_point(c, *w).view(-1, out_f, in_f)
+            steps.append(("linear", weights, None if bias is None else per_point(c, *bias)))
+        for j in range(c.shape[0]):
+            h = torch.addmm(h0_flat, c[j : j + 1], hk_flat) if k else h0_flat.clone()
+            h = h.view(n, width0)
+            for kind, *step in steps:
+                if kind == "act":
+                    # h is this point's own temporary: ReLU in place saves a pass over memory.
+                    h = torch.relu_(h) if type(step[0]) is nn.ReLU else step[0](h)
+                elif step[1] is None:
+                    h = h @ step[0][j].T
+                else:
+                    h = torch.addmm(step[1][j], h, step[0][j].T)
+            losses.append(loss_fn(h, y))
+            if classify and h.shape[-1] > 1:
+                accs.append((h.argmax(dim=-1) == y).float().mean())  # as the vmap path
+    loss = torch.stack(losses) if losses else coeffs.new_zeros(0)
     if not accs:
         return loss, None
-    return loss, torch.cat(accs)
+    return loss, torch.stack(accs)
 
 
 # ----------------------------------------------------------------------------- data
