@@ -831,7 +831,7 @@ def hessian_trace(
         raise ValueError(f"{owner}: method must be 'hutchinson' or 'hutch++', got {method!r}")
     if method == "hutch++":
         return _hutch_plus_plus(op, num_probes, _generator(generator), owner)
-    z, hz = _rademacher_products(op, num_probes, _generator(generator))
+    z, hz = rademacher_products(op, num_probes, _generator(generator))
     s = (z * hz).sum(dim=0)  # (num_probes,): z_j^T H z_j
     stderr = float(s.std() / math.sqrt(num_probes)) if num_probes > 1 else math.inf
     return TraceEstimate(float(s.mean()), stderr, num_probes, s)
@@ -845,7 +845,7 @@ def _hutch_plus_plus(
         raise ValueError(f"{owner}: hutch++ needs num_probes >= 3, got {num_probes}")
     sketch = min(num_probes // 3, op.dim)
     rest = num_probes - 2 * sketch
-    _, hs = _rademacher_products(op, sketch, gen)
+    _, hs = rademacher_products(op, sketch, gen)
     q = torch.linalg.qr(hs).Q  # (dim, sketch): the sketched top of the spectrum
     hq = _products(op, q)
     low = float((q * hq).sum())  # tr(Q^T H Q), exact on that subspace
@@ -861,13 +861,15 @@ def _products(op: HessianOperator, block: Tensor) -> Tensor:
     return torch.cat([op(c) for c in block.split(op.chunk_size, dim=1)], dim=1)
 
 
-def _rademacher_products(
+def rademacher_products(
     op: HessianOperator, num_probes: int, gen: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:
     """``(Z, H Z)`` for ``num_probes`` Rademacher columns, computed as blocks of
-    ``op.chunk_size`` (one vectorized pass each) rather than one product at a time."""
-    z = torch.randint(0, 2, (op.dim, num_probes), generator=gen).to(op.dtype).to(op.device)
-    z = z * 2 - 1
+    ``op.chunk_size`` (one vectorized pass each) rather than one product at a time: the probes
+    of every Hutchinson estimate (trace, diagonal, the training signals' per-block traces)."""
+    # (int8 draws: a large model's (dim, probes) int64 table would be 8x the memory)
+    z = torch.randint(0, 2, (op.dim, num_probes), generator=gen, dtype=torch.int8)
+    z = z.to(op.device).to(op.dtype) * 2 - 1
     return z, _products(op, z)
 
 
@@ -907,7 +909,7 @@ def hessian_diagonal(
         diag = torch.diagonal(op.dense()).clone()
         return DiagonalEstimate(diag, torch.zeros_like(diag), op.num_hvps - before)
     num_probes = _positive_int(num_probes, "num_probes", owner)
-    z, hz = _rademacher_products(op, num_probes, _generator(generator))
+    z, hz = rademacher_products(op, num_probes, _generator(generator))
     samples = z * hz  # (dim, num_probes)
     if num_probes > 1:
         stderr = samples.std(dim=1) / math.sqrt(num_probes)

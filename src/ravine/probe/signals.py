@@ -46,7 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from ravine.probe.curvature import HessianOperator
+from ravine.probe.curvature import HessianOperator, rademacher_products
 from ravine.probe.gradients import Finding, unmonitored
 
 __all__ = [
@@ -649,9 +649,7 @@ class TrainingSignals:
         if self.trace_probes and record_index % self.trace_every == 0:
             op = HessianOperator.from_module(model, self.loss_fn, (x, y))
             gen = torch.Generator().manual_seed(step)
-            z = torch.randint(0, 2, (op.dim, self.trace_probes), generator=gen)
-            z = (z * 2 - 1).to(op.dtype).to(op.device)
-            hz = op(z)
+            z, hz = rademacher_products(op, self.trace_probes, gen)
             zhz = z * hz  # (dim, probes): per-coordinate terms of z^T H z
             samples = zhz.sum(0).double()
             trace = float(samples.mean())
