@@ -562,13 +562,12 @@ class TrainingSignals:
             self._before, self._before_step = self._initial.clone(), 0
 
     def __call__(self, model: nn.Module, step: int) -> None:
-        params = _trainable(model)
         if self._initial is None:
             self.attach(model)
         if step % self.every == 0:
-            self.records.append(self._record(model, params, step))
-        if (step + 1) % self.every == 0:
-            self._before, self._before_step = _flat(params).cpu(), step
+            self.records.append(self._record(model, _trainable(model), step))
+        if (step + 1) % self.every == 0:  # (every other update costs nothing)
+            self._before, self._before_step = _flat(_trainable(model)).cpu(), step
 
     def findings(self) -> list[Finding]:
         return diagnose_signals(self.records, self.batch_size)
