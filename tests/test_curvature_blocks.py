@@ -168,13 +168,13 @@ def test_block_operator_is_the_principal_submatrix(net):
 @pytest.mark.parametrize("by", ["parameter", "layer"])
 def test_block_curvature_against_dense_blocks(net, by):
     *_, op, h = net
-    res = block_curvature(op, by=by, k=2, exact_below=20, num_probes=300)
+    res = block_curvature(op, by=by, k=2, exact_below=20, num_probes=300, bottom=True)
     groups = (
         {n: [n] for n in SLICES} if by == "parameter" else
         {"0": ["0.weight", "0.bias"], "2": ["2.weight", "2.bias"]}
     )  # fmt: skip
     assert list(res) == list(groups)
-    lam_max = float(torch.linalg.eigvalsh(h)[-1])
+    lam_min, lam_max = (float(v) for v in torch.linalg.eigvalsh(h)[[0, -1]])
     for key, names in groups.items():
         idx = torch.cat([torch.arange(SLICES[n].start, SLICES[n].stop) for n in names])
         block = h[idx][:, idx]
@@ -185,6 +185,9 @@ def test_block_curvature_against_dense_blocks(net, by):
         assert torch.allclose(got.top.eigenvalues, evals[: len(got.top.eigenvalues)],
                               atol=1e-6 * scale, rtol=0)  # fmt: skip
         assert float(got.top.eigenvalues[0]) <= lam_max + 1e-9  # Cauchy interlacing
+        lowest = evals.flip(0)[: len(got.bottom.eigenvalues)]  # smallest first
+        assert torch.allclose(got.bottom.eigenvalues, lowest, atol=1e-6 * scale, rtol=0)
+        assert float(got.bottom.eigenvalues[0]) >= lam_min - 1e-9
         exact = float(block.trace())
         if got.size <= 20:
             assert got.trace.trace == pytest.approx(exact, rel=1e-10) and got.trace.stderr == 0
@@ -192,6 +195,11 @@ def test_block_curvature_against_dense_blocks(net, by):
             assert abs(got.trace.trace - exact) < 4 * got.trace.stderr
     total = sum(b.trace.trace for b in res.values())
     assert math.isfinite(total)
+
+
+def test_block_curvature_leaves_bottom_out_unless_asked(net):
+    *_, op, _ = net
+    assert all(b.bottom is None for b in block_curvature(op, by="layer").values())
 
 
 def test_block_curvature_bad_arguments(net):

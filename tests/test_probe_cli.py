@@ -41,6 +41,11 @@ def test_chosen_instruments_only(run, capsys):
     assert report["examples"] == 100 and len(report["top_eigenvalues"]) == 2
     assert "findings" not in report and "condition_positive" not in report
     assert set(report["blocks"]) == {"hidden0.linear", "hidden1.linear", "head"}
+    # Cauchy interlacing: each layer's block spectrum lies within the whole Hessian's
+    lowest, highest = report["bottom_eigenvalues"][0], report["top_eigenvalues"][0]
+    for block in report["blocks"].values():
+        assert lowest - 1e-6 <= block["bottom_eigenvalue"] <= block["top_eigenvalue"]
+        assert block["top_eigenvalue"] <= highest + 1e-6
     assert report["hvps"] > 0
     # The blocks' traces add up to the whole trace (each a Hutchinson estimate, so loosely).
     total = sum(b["trace"] for b in report["blocks"].values())

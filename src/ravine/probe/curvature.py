@@ -1123,12 +1123,15 @@ class BlockCurvature:
       top: the block Hessian's largest eigenpairs (:class:`EigenResult`, eigenvectors in the
         block's coordinates).
       trace: ``tr H_bb``, the block's share of ``tr H`` (:class:`TraceEstimate`).
+      bottom: its smallest eigenpairs when asked for (``bottom=True``), else None: a negative
+        one is a direction within that layer along which the loss curves down.
     """
 
     names: tuple[str, ...]
     size: int
     top: EigenResult
     trace: TraceEstimate
+    bottom: EigenResult | None = None
 
 
 def block_curvature(
@@ -1139,9 +1142,12 @@ def block_curvature(
     num_probes: int = 50,
     exact_below: int = 64,
     tol: float = 1e-6,
+    bottom: bool = False,
     generator: torch.Generator | int | None = 0,
 ) -> dict[str, BlockCurvature]:
-    """Top eigenvalues and trace of each diagonal block ``H_bb`` of the Hessian.
+    """Top eigenvalues and trace of each diagonal block ``H_bb`` of the Hessian (and, with
+    ``bottom=True``, its ``k`` smallest eigenvalues: which layer holds the negative curvature
+    of a saddle).
 
     ``by="parameter"``: one block per named parameter (``"0.weight"``, ``"0.bias"``, ...);
     ``"layer"``: a module's parameters together (``"0"``, ``"2"``: the name before the last
@@ -1150,7 +1156,8 @@ def block_curvature(
     spectrum of the whole network cannot. A block of at most ``exact_below`` coordinates gets
     its exact trace (``size`` HVPs), the others Hutchinson's (``num_probes`` HVPs). ``k`` is
     capped at each block's size. ``op.num_hvps`` does not count the blocks' products; each
-    result's ``num_hvps`` does.
+    result's ``num_hvps`` does. A block's smallest eigenvalue is at least ``lambda_min(H)``
+    (interlacing again), so a negative one bounds how negative the whole Hessian is.
 
     Returns a dict block name -> :class:`BlockCurvature`, in parameter order.
     """
@@ -1171,11 +1178,18 @@ def block_curvature(
     for key, names in groups.items():
         sub = block_operator(op, names)
         top = top_eigenvalues(sub, min(k, sub.dim), tol=tol, generator=generator)
+        low = None
+        if bottom:
+            # The bottom of a layer's block is often a repeated 0 (a softmax layer's shift
+            # invariance, dead units): one start vector finds one copy of a repeated
+            # eigenvalue, a block of k finds k.
+            kb = min(k, sub.dim)
+            low = bottom_eigenvalues(sub, kb, tol=tol, block_size=kb, generator=generator)
         if sub.dim <= exact_below:
             trace = hessian_trace(sub, exact=True)
         else:
             trace = hessian_trace(sub, num_probes=num_probes, generator=generator)
-        out[key] = BlockCurvature(tuple(names), sub.dim, top, trace)
+        out[key] = BlockCurvature(tuple(names), sub.dim, top, trace, low)
     return out
 
 

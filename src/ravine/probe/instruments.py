@@ -8,12 +8,12 @@ each reporting when it starts and ends (for a progress display), results as one 
 name           what                                                             cost
 =============  ===============================================================  ==============
 gradients      gradient health over up to 10 mini-batches (:mod:`.gradients`)   10 backward
-noise          gradient noise scale, SNR and batch-size tests (:mod:`.signals`)  per-example
+noise          gradient noise scale, SNR, batch-size tests (:mod:`.signals`)    per-example
 spectrum       top-k and bottom-k eigenvalues and the saddle classification     Lanczos
 trace          Hutchinson trace, 50 Rademacher probes in blocks                 50 HVPs
 density        SLQ eigenvalue density, 5 probes x 60 steps in lockstep          300 HVPs
 condition      condition number (positive part, negative mass), 100 steps       100 HVPs
-blocks         top eigenvalue and trace of each layer's Hessian block           per layer
+blocks         top/bottom eigenvalue and trace of each layer's Hessian block    per layer
 =============  ===============================================================  ==============
 
 Curvature runs in float64 on the examples given, as one batch, so every product reuses one
@@ -155,14 +155,17 @@ def run_instruments(
             )
         else:  # blocks
             # A block's lambda_max to 1e-4 of ||H_bb||: enough to rank the layers, in fewer HVPs.
-            blocks = block_curvature(curvature(), by="layer", k=1, num_probes=20, tol=1e-4)
+            blocks = block_curvature(
+                curvature(), by="layer", k=1, num_probes=20, tol=1e-4, bottom=True
+            )
             report["blocks"] = {
                 key: {
                     "size": b.size,
                     "top_eigenvalue": float(b.top.eigenvalues[0]),
+                    "bottom_eigenvalue": float(b.bottom.eigenvalues[0]),
                     "trace": b.trace.trace,
                     "trace_stderr": b.trace.stderr,
-                    "hvps": b.top.num_hvps + b.trace.num_hvps,
+                    "hvps": b.top.num_hvps + b.bottom.num_hvps + b.trace.num_hvps,
                 }
                 for key, b in blocks.items()
             }

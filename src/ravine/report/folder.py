@@ -612,8 +612,11 @@ def _probe_lines(path: Path) -> list[str]:
     blocks = p.get("blocks")
     for key, block in (blocks if isinstance(blocks, dict) else {}).items():
         if isinstance(block, dict):
+            low = block.get("bottom_eigenvalue")  # (a probe.json from before it was measured)
             lines.append(
-                f"layer {key}: lambda_max {block.get('top_eigenvalue')}, trace {block.get('trace')}"
+                f"layer {key}: lambda_max {block.get('top_eigenvalue')}"
+                + (f", lambda_min {low}" if low is not None else "")
+                + f", trace {block.get('trace')}"
             )
     if "gradients" in ran:
         findings = [f for f in p.get("findings") or [] if isinstance(f, dict)]

@@ -115,7 +115,8 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     for key, block in report.get("blocks", {}).items():
         lines.append(
             f"layer {key} ({block['size']:,} parameters): lambda_max "
-            f"{block['top_eigenvalue']:.4g}, trace {block['trace']:.4g}"
+            f"{block['top_eigenvalue']:.4g}, lambda_min {block['bottom_eigenvalue']:.4g}, "
+            f"trace {block['trace']:.4g}"
         )
     if "findings" in report:
         lines += [
