@@ -579,44 +579,58 @@ def _examples(count: float) -> str:
 
 
 def _probe_lines(path: Path) -> list[str]:
-    p = _expect(_read_json(path / "probe.json"), dict, path / "probe.json")
+    return probe_lines(_expect(_read_json(path / "probe.json"), dict, path / "probe.json"))
 
-    def num(key: str, fmt: str = ".4g") -> str:
-        value = p.get(key)
-        return format(value, fmt) if isinstance(value, int | float) else "?"
+
+def probe_lines(p: dict[str, Any], *, header: bool = True) -> list[str]:
+    """``probe.json`` in words, a line per instrument that ran: the report's section and what
+    ``ravine probe`` prints (``header=False``). A value missing or of the wrong type (an
+    edited file) reads as "?"."""
+
+    def num(value: Any, fmt: str = ".4g") -> str:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return format(value, fmt) if ok else "?"
+
+    def values(key: str) -> str:
+        listed = p.get(key)
+        return ", ".join(num(v) for v in (listed if isinstance(listed, list) else []))
 
     # Only what the instruments that ran measured (probe --instruments may choose a few;
     # probe.json from before that option has every key).
     ran = p.get("instruments")
     ran = set(ran) if isinstance(ran, list) else {"gradients", "spectrum", "trace", "condition"}
-    lines = [f"on {p.get('examples')} training examples: {', '.join(sorted(ran))}"]
-    if "spectrum" in ran:
-        lines += [
-            f"point: {p.get('kind')} (loss {num('loss')}, gradient norm {num('grad_norm', '.3g')})",
-            "top Hessian eigenvalues: "
-            + ", ".join(f"{v:.4g}" for v in p.get("top_eigenvalues") or []),
-            "bottom eigenvalues: "
-            + ", ".join(f"{v:.4g}" for v in p.get("bottom_eigenvalues") or []),
-        ]
+    lines = (
+        [f"on {p.get('examples')} training examples: {', '.join(sorted(ran))}"] if header else []
+    )
     if "noise" in ran and isinstance(p.get("noise"), dict):
         from ravine.report.signals import noise_line
 
         lines.append(noise_line(p["noise"]))
+    if "spectrum" in ran:
+        lines += [
+            f"point: {p.get('kind')} (loss {num(p.get('loss'))}, gradient norm "
+            f"{num(p.get('grad_norm'), '.3g')})",
+            f"top eigenvalues: {values('top_eigenvalues')}",
+            f"bottom eigenvalues: {values('bottom_eigenvalues')}",
+        ]
     if "trace" in ran:
-        lines.append(f"trace {num('trace')} ± {num('trace_stderr', '.2g')}")
+        lines.append(f"trace {num(p.get('trace'))} ± {num(p.get('trace_stderr'), '.2g')}")
     if "condition" in ran:
         lines.append(
-            f"condition number of the positive part {num('condition_positive', '.3g')}; "
-            f"negative eigenvalues {num('negative_ratio', '.1%')} of the spectrum"
+            f"condition number of the positive part {num(p.get('condition_positive'), '.3g')}; "
+            f"negative eigenvalues {num(p.get('negative_ratio'), '.1%')} of the spectrum"
         )
     blocks = p.get("blocks")
     for key, block in (blocks if isinstance(blocks, dict) else {}).items():
         if isinstance(block, dict):
+            size = block.get("size")
             low = block.get("bottom_eigenvalue")  # (a probe.json from before it was measured)
             lines.append(
-                f"layer {key}: lambda_max {block.get('top_eigenvalue')}"
-                + (f", lambda_min {low}" if low is not None else "")
-                + f", trace {block.get('trace')}"
+                f"layer {key}"
+                + (f" ({size:,} parameters)" if isinstance(size, int) else "")
+                + f": lambda_max {num(block.get('top_eigenvalue'))}"
+                + (f", lambda_min {num(low)}" if low is not None else "")
+                + f", trace {num(block.get('trace'))}"
             )
     if "gradients" in ran:
         findings = [f for f in p.get("findings") or [] if isinstance(f, dict)]

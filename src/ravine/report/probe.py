@@ -12,7 +12,7 @@ from typing import Any
 from ravine.folders import atomic_write_text, forget, locked, recorded
 from ravine.probe import interpolate, surface, trajectory
 from ravine.probe.instruments import INSTRUMENTS, Progress, run_instruments
-from ravine.report.signals import noise_line
+from ravine.report.folder import probe_lines
 from ravine.train.build import loss_function
 from ravine.train.config import ConfigError
 from ravine.train.run import load_run, read_weights
@@ -94,35 +94,9 @@ def _probe_run(run_dir: Path, examples, k, instruments, progress) -> dict[str, A
 
 
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
-    """What ``ravine probe`` prints: a line per instrument that ran."""
-    lines = []
-    if "noise" in report:
-        lines.append(noise_line(report["noise"]))
-    if "kind" in report:
-        lines += [
-            f"point: {report['kind']} (loss {report['loss']:.4g}, gradient norm "
-            f"{report['grad_norm']:.3g})",
-            "top eigenvalues: " + ", ".join(f"{v:.4g}" for v in report["top_eigenvalues"]),
-            "bottom eigenvalues: " + ", ".join(f"{v:.4g}" for v in report["bottom_eigenvalues"]),
-        ]
-    if "trace" in report:
-        lines.append(f"trace {report['trace']:.4g} ± {report['trace_stderr']:.2g}")
-    if "condition_positive" in report:
-        lines.append(
-            f"condition (positive part) {report['condition_positive']:.3g}; negative "
-            f"eigenvalues {report['negative_ratio']:.1%}"
-        )
-    for key, block in report.get("blocks", {}).items():
-        lines.append(
-            f"layer {key} ({block['size']:,} parameters): lambda_max "
-            f"{block['top_eigenvalue']:.4g}, lambda_min {block['bottom_eigenvalue']:.4g}, "
-            f"trace {block['trace']:.4g}"
-        )
-    if "findings" in report:
-        lines += [
-            f"{f['kind']} at {f['layer']}: {f['message']}. {f['advice']}"
-            for f in report["findings"]
-        ] or ["gradients: no vanishing or exploding gradients, dead ReLUs or saturation flagged"]
+    """What ``ravine probe`` prints: a line per instrument that ran (the report's words), then
+    the Hessian-vector products spent."""
+    lines = probe_lines(dict(report), header=False)
     if report["hvps"]:
         lines.append(f"{report['hvps']} Hessian-vector products")
     return lines
