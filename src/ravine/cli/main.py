@@ -930,14 +930,22 @@ def _after_run(folder: Path, wanted: bool) -> None:
         after_run(folder)
 
 
-def _curvature_tracker(run, every: int):
-    from ravine.probe import CurvatureTracker
+def _probe_batch(run):
+    """The fixed batch the training-time instruments measure on: the run's first 256
+    training examples, shaped for its model, and the run's loss."""
     from ravine.train.build import input_view, loss_function, model_config, prepare_data
 
     splits = prepare_data(run)
     shape = input_view(model_config(run), splits.dataset)
     x = splits.x_train[:256].reshape(-1, *shape)
-    return CurvatureTracker(loss_function(splits.dataset), (x, splits.y_train[:256]), every=every)
+    return loss_function(splits.dataset), (x, splits.y_train[:256])
+
+
+def _curvature_tracker(run, every: int):
+    from ravine.probe import CurvatureTracker
+
+    loss_fn, batch = _probe_batch(run)
+    return CurvatureTracker(loss_fn, batch, every=every)
 
 
 def _gradient_health():
@@ -947,19 +955,11 @@ def _gradient_health():
 
 
 def _training_signals(run, every: int):
-    """The :class:`TrainingSignals` callback on the run's first 256 training examples."""
+    """The :class:`TrainingSignals` callback on the probe batch, read at the run's batch."""
     from ravine.probe.signals import TrainingSignals
-    from ravine.train.build import input_view, loss_function, model_config, prepare_data
 
-    splits = prepare_data(run)
-    shape = input_view(model_config(run), splits.dataset)
-    x = splits.x_train[:256].reshape(-1, *shape)
-    return TrainingSignals(
-        loss_function(splits.dataset),
-        (x, splits.y_train[:256]),
-        every=every,
-        batch_size=run.batch_size,
-    )
+    loss_fn, batch = _probe_batch(run)
+    return TrainingSignals(loss_fn, batch, every=every, batch_size=run.batch_size)
 
 
 def _write_signals(signals, out: Path, console) -> None:
